@@ -1,0 +1,296 @@
+//! The configuration tree: one TOML file plus `PEERGRAPH__SECTION__KEY` environment overrides,
+//! loaded with the `config` crate. Every field has a default, so an empty file is a valid config
+//! for a broker on localhost.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use peergraph_connectors::ConnectConfig;
+use peergraph_schemas::codec::WireFormat;
+use peergraph_topology::{DetectorsConfig, LifecycleConfig, ResolverConfig, TimeConfig, TopologyConfig};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub topics: TopicsConfig,
+    pub input: InputConfig,
+    pub run: RunConfig,
+    /// Event time: tick, window, allowed lateness.
+    pub time: TimeConfig,
+    /// Entity resolution: which networks are internal.
+    pub entities: ResolverConfig,
+    /// Detector parameters, one section per detector.
+    pub detectors: DetectorsConfig,
+    /// How findings become alert events (learning period).
+    pub lifecycle: LifecycleConfig,
+    pub simulate: crate::simulate::SimulateConfig,
+    pub connect: ConnectConfig,
+    pub metrics: MetricsConfig,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// Bootstrap servers, comma separated ("host:port,host:port").
+    pub brokers: String,
+    /// librdkafka client properties passed through unchanged to every client (TLS, SASL, ...),
+    /// e.g. `"security.protocol" = "SASL_SSL"`.
+    pub properties: BTreeMap<String, String>,
+    /// How long to keep retrying when the brokers cannot be reached at start.
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig {
+            brokers: "127.0.0.1:9092".into(),
+            properties: BTreeMap::new(),
+            connect_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TopicsConfig {
+    /// Flow records from sensors.
+    pub flows: String,
+    /// Alert lifecycle events, keyed by alert id.
+    pub alerts: String,
+    /// Where undecodable, invalid and (with `input.late = "dead-letter"`) late flows go, with the
+    /// reason in the headers. Empty: such records are counted, logged and skipped.
+    pub dead_letter: String,
+    /// Create missing topics at start (with `partitions` partitions and `replication_factor`).
+    pub create: bool,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl Default for TopicsConfig {
+    fn default() -> Self {
+        TopicsConfig {
+            flows: "peergraph.flows".into(),
+            alerts: "peergraph.alerts".into(),
+            dead_letter: String::new(),
+            create: true,
+            partitions: 4,
+            replication_factor: 1,
+        }
+    }
+}
+
+/// How flows are read.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InputConfig {
+    /// Consumer group under which `run` commits its progress (for monitoring and restarts).
+    pub group_id: String,
+    /// Messages larger than this are refused (counted, dead-lettered when configured).
+    pub max_message_bytes: usize,
+    /// What to do with a record older than its partition's watermark.
+    pub late: LatePolicy,
+    /// Most messages taken from Kafka per poll round, per worker; a round is decoded,
+    /// pre-aggregated and handed to the dataflow as one batch.
+    pub max_batch: usize,
+}
+
+impl Default for InputConfig {
+    fn default() -> Self {
+        InputConfig {
+            group_id: "peergraph-pipeline".into(),
+            max_message_bytes: 1 << 20,
+            late: LatePolicy::Drop,
+            max_batch: 20_000,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LatePolicy {
+    Drop,
+    DeadLetter,
+}
+
+/// The timely cluster.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RunConfig {
+    /// Worker threads per process.
+    pub workers: usize,
+    /// Processes in the cluster.
+    pub processes: usize,
+    /// This process's index, 0..processes.
+    pub process: usize,
+    /// File with one `host:port` per line, one per process (required when processes > 1).
+    pub hostfile: Option<PathBuf>,
+    /// A partition with no data for this long stops holding back the event-time frontier.
+    #[serde(with = "humantime_serde")]
+    pub idle_timeout: Duration,
+    /// Stop once every partition has been read up to its end as of the start (batch mode, for
+    /// benchmarks and replays), instead of running until interrupted.
+    pub stop_at_end: bool,
+    /// Format the alerts are written in.
+    pub alert_format: WireFormat,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            workers: 1,
+            processes: 1,
+            process: 0,
+            hostfile: None,
+            idle_timeout: Duration::from_secs(10),
+            stop_at_end: false,
+            alert_format: WireFormat::Json,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address of the HTTP endpoint serving `/metrics` (Prometheus text) and `/health`; empty
+    /// disables it.
+    pub listen: String,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot load configuration from {path}: {source}")]
+    Load { path: String, source: config::ConfigError },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl Config {
+    /// Loads `path` (if given) and then the `PEERGRAPH__SECTION__KEY` environment overrides.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let mut builder = config::Config::builder();
+        let shown = path.map(|p| p.display().to_string()).unwrap_or_else(|| "(defaults)".into());
+        if let Some(path) = path {
+            builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
+        }
+        builder = builder.add_source(
+            config::Environment::with_prefix("PEERGRAPH")
+                .prefix_separator("__")
+                .separator("__")
+                .try_parsing(true),
+        );
+        let loaded: Config = builder
+            .build()
+            .and_then(|c| c.try_deserialize())
+            .map_err(|source| ConfigError::Load { path: shown, source })?;
+        loaded.validate()?;
+        Ok(loaded)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.time.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        let run = &self.run;
+        if run.workers == 0 {
+            return Err(ConfigError::Invalid("run.workers must be at least 1".into()));
+        }
+        if run.process >= run.processes {
+            return Err(ConfigError::Invalid(format!(
+                "run.process ({}) must be below run.processes ({})",
+                run.process, run.processes
+            )));
+        }
+        if run.processes > 1 && run.hostfile.is_none() {
+            return Err(ConfigError::Invalid("run.hostfile is required when run.processes > 1".into()));
+        }
+        if self.input.max_batch == 0 {
+            return Err(ConfigError::Invalid("input.max_batch must be at least 1".into()));
+        }
+        if self.input.late == LatePolicy::DeadLetter && self.topics.dead_letter.is_empty() {
+            return Err(ConfigError::Invalid("input.late = \"dead-letter\" needs topics.dead_letter".into()));
+        }
+        Ok(())
+    }
+
+    pub fn topology(&self) -> TopologyConfig {
+        TopologyConfig {
+            time: self.time.clone(),
+            entities: self.entities.clone(),
+            detectors: self.detectors.clone(),
+            lifecycle: self.lifecycle.clone(),
+        }
+    }
+
+    /// The effective configuration as TOML, with secrets replaced by "<redacted>".
+    pub fn to_redacted_toml(&self) -> String {
+        let mut shown = self.clone();
+        for (key, value) in shown.kafka.properties.iter_mut() {
+            if is_secret(key) {
+                *value = "<redacted>".into();
+            }
+        }
+        toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}"))
+    }
+}
+
+/// librdkafka properties that hold credentials.
+pub fn is_secret(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key", "token"]
+        .iter()
+        .any(|s| key.contains(s))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_empty_file_gives_the_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.toml");
+        std::fs::write(&path, "").unwrap();
+        let loaded = Config::load(Some(&path)).unwrap();
+        assert_eq!(loaded.topics.flows, "peergraph.flows");
+        assert_eq!(loaded.time.window, Duration::from_secs(300));
+    }
+
+    #[test]
+    fn file_values_and_durations_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[kafka]\nbrokers = \"k:1\"\n[kafka.properties]\n\"sasl.password\" = \"hunter2\"\n[time]\nwindow = \"2m\"\n[detectors.peer_unique_destination]\nmin_group_size = 4\n",
+        )
+        .unwrap();
+        let loaded = Config::load(Some(&path)).unwrap();
+        assert_eq!(loaded.kafka.brokers, "k:1");
+        assert_eq!(loaded.time.window, Duration::from_secs(120));
+        assert_eq!(loaded.detectors.peer_unique_destination.min_group_size, 4);
+        let shown = loaded.to_redacted_toml();
+        assert!(!shown.contains("hunter2"), "{shown}");
+        assert!(shown.contains("<redacted>"));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_windows_are_refused_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[time]\nwindow = \"1500ms\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("multiple of time.tick"), "{err}");
+        std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("brokerz"), "{err}");
+    }
+}

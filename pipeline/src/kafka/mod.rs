@@ -1,0 +1,119 @@
+//! The Kafka edges of the pipeline: client configuration, topic provisioning, the flow source
+//! that feeds the timely workers and the alert sink that writes their output.
+
+pub mod alerts;
+pub mod source;
+
+use std::time::{Duration, Instant};
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::RDKafkaErrorCode;
+
+use crate::config::{KafkaConfig, TopicsConfig};
+
+/// Errors at the Kafka edge, with what a user needs to act on them.
+#[derive(Debug, thiserror::Error)]
+pub enum KafkaError {
+    #[error("cannot reach Kafka at {brokers} after {waited:?}: {source}")]
+    Unreachable { brokers: String, waited: Duration, source: rdkafka::error::KafkaError },
+    #[error("topic {topic:?} does not exist on {brokers} (create it, or set topics.create = true)")]
+    MissingTopic { topic: String, brokers: String },
+    #[error("cannot create topic {topic:?}: {reason}")]
+    CreateTopic { topic: String, reason: String },
+    #[error("cannot encode an alert for {topic}: {reason}")]
+    Encode { topic: String, reason: String },
+    #[error("{failed} deliveries to {topic} failed; stopping so that their flows are replayed")]
+    Delivery { topic: String, failed: u64 },
+    #[error("Kafka client error ({context}): {source}")]
+    Client { context: String, source: rdkafka::error::KafkaError },
+}
+
+/// The base client configuration every client shares: brokers plus the pass-through properties.
+pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", &kafka.brokers);
+    for (key, value) in &kafka.properties {
+        config.set(key, value);
+    }
+    config
+}
+
+/// Number of partitions of `topic`, retrying while the brokers are unreachable (up to
+/// `kafka.connect_timeout`), so a pipeline started before its broker waits instead of failing.
+pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
+    let consumer: BaseConsumer = client_config(kafka)
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating metadata client".into(), source })?;
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match consumer.fetch_metadata(Some(topic), Duration::from_secs(5)) {
+            Ok(metadata) => {
+                let found = metadata.topics().iter().find(|t| t.name() == topic);
+                match found {
+                    Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
+                        return Ok(t.partitions().len() as i32)
+                    }
+                    _ => {
+                        return Err(KafkaError::MissingTopic { topic: topic.into(), brokers: kafka.brokers.clone() })
+                    }
+                }
+            }
+            Err(source) if started.elapsed() >= kafka.connect_timeout => {
+                return Err(KafkaError::Unreachable { brokers: kafka.brokers.clone(), waited: started.elapsed(), source })
+            }
+            Err(error) => {
+                tracing::warn!(brokers = %kafka.brokers, %error, retry_in = ?delay, "Kafka not reachable yet");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Creates the flows, alerts and dead-letter topics if they are missing.
+pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), KafkaError> {
+    if !topics.create {
+        return Ok(());
+    }
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
+    let names: Vec<&str> =
+        [topics.flows.as_str(), topics.alerts.as_str(), topics.dead_letter.as_str()].into_iter().filter(|t| !t.is_empty()).collect();
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|name| NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor)))
+        .collect();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaError::CreateTopic { topic: names.join(","), reason: e.to_string() })?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(200);
+    let results = loop {
+        match runtime.block_on(admin.create_topics(&new, &options)) {
+            Ok(results) => break results,
+            Err(source) if started.elapsed() >= kafka.connect_timeout => {
+                return Err(KafkaError::Unreachable { brokers: kafka.brokers.clone(), waited: started.elapsed(), source })
+            }
+            Err(error) => {
+                tracing::warn!(brokers = %kafka.brokers, %error, retry_in = ?delay, "Kafka not reachable yet");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    };
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, partitions = topics.partitions, "created topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(KafkaError::CreateTopic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
+}

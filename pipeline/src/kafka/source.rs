@@ -1,0 +1,383 @@
+//! The flow source, one per timely worker: it owns the Kafka partitions assigned to its worker,
+//! decodes and validates each poll batch, assigns event-time epochs, decides lateness per
+//! partition (so a replay of the same offsets gives the same result), pre-aggregates the batch
+//! per (edge, epoch), and commits offsets only once the dataflow's output has passed them.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use differential_dataflow::difference::Semigroup;
+use peergraph_schemas::codec::Decoder;
+use peergraph_schemas::Flow;
+use peergraph_topology::{Edge, EntityResolver, Epoch, TimeConfig, Volume};
+use rdkafka::config::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::{Offset, TopicPartitionList};
+
+use super::KafkaError;
+use crate::config::{Config, LatePolicy};
+use crate::metrics::Metrics;
+
+/// Per-batch pre-aggregation: every flow of a poll batch with the same edge and epoch becomes one
+/// update.
+pub type EdgeBatch = HashMap<(Edge, Epoch), Volume>;
+
+/// What the source knows about one of its partitions.
+struct PartitionClock {
+    /// Greatest epoch seen on the partition.
+    max_epoch: Option<Epoch>,
+    /// When the partition last delivered a message (idle detection).
+    last_message: Instant,
+    /// Offset of the next message to read.
+    next_offset: i64,
+    /// With `stop_at_end`: the partition's end offset when the run started.
+    end_offset: Option<i64>,
+}
+
+impl PartitionClock {
+    fn finished(&self) -> bool {
+        self.end_offset.is_some_and(|end| self.next_offset >= end)
+    }
+}
+
+/// Offsets read in one poll batch, committable once the output frontier passes `epoch`.
+struct PendingCommit {
+    /// Greatest epoch a record of the batch was assigned to; `None` if every record was refused.
+    epoch: Option<Epoch>,
+    offsets: Vec<(i32, i64)>,
+}
+
+pub struct FlowSource {
+    consumer: BaseConsumer,
+    intake: Intake,
+    pending: VecDeque<PendingCommit>,
+}
+
+/// Everything but the consumer: what turns one message into an edge update.
+struct Intake {
+    topic: String,
+    decoder: Decoder<Flow>,
+    resolver: EntityResolver,
+    time: TimeConfig,
+    late: LatePolicy,
+    max_batch: usize,
+    max_message_bytes: usize,
+    idle_timeout: Duration,
+    partitions: BTreeMap<i32, PartitionClock>,
+    dead_letter: Option<DeadLetter>,
+    metrics: Arc<Metrics>,
+    /// Rejection kinds already logged (each is logged once, with a sample).
+    logged: HashSet<&'static str>,
+}
+
+impl FlowSource {
+    /// Opens a consumer for `partitions` of the flows topic, resuming from the group's committed
+    /// offsets (or the earliest offset when there are none).
+    pub fn open(
+        config: &Config,
+        client: &ClientConfig,
+        partitions: Vec<i32>,
+        decoder: Decoder<Flow>,
+        metrics: Arc<Metrics>,
+    ) -> Result<FlowSource, KafkaError> {
+        let topic = config.topics.flows.clone();
+        let consumer: BaseConsumer = client
+            .clone()
+            .set("group.id", &config.input.group_id)
+            .set("enable.auto.commit", "false")
+            .set("enable.auto.offset.store", "false")
+            .set("auto.offset.reset", "earliest")
+            .set("enable.partition.eof", "false")
+            .set("message.max.bytes", (config.input.max_message_bytes + 1024).max(1000).to_string())
+            .create()
+            .map_err(|source| KafkaError::Client { context: "creating flow consumer".into(), source })?;
+
+        let mut assignment = TopicPartitionList::new();
+        for &p in &partitions {
+            assignment
+                .add_partition_offset(&topic, p, Offset::Stored)
+                .map_err(|source| KafkaError::Client { context: format!("assigning partition {p}"), source })?;
+        }
+        let timeout = Duration::from_secs(10);
+        let committed = consumer
+            .committed_offsets(assignment.clone(), timeout)
+            .map_err(|source| KafkaError::Client { context: "reading committed offsets".into(), source })?;
+        consumer
+            .assign(&assignment)
+            .map_err(|source| KafkaError::Client { context: "assigning flow partitions".into(), source })?;
+
+        let now = Instant::now();
+        let mut clocks = BTreeMap::new();
+        for &p in &partitions {
+            let (low, high) = consumer
+                .fetch_watermarks(&topic, p, timeout)
+                .map_err(|source| KafkaError::Client { context: format!("reading watermarks of partition {p}"), source })?;
+            let next_offset = match committed.find_partition(&topic, p).map(|e| e.offset()) {
+                Some(Offset::Offset(o)) => o.max(low),
+                _ => low,
+            };
+            let end_offset = config.run.stop_at_end.then_some(high);
+            clocks.insert(p, PartitionClock { max_epoch: None, last_message: now, next_offset, end_offset });
+            tracing::info!(topic, partition = p, from_offset = next_offset, end_offset = high, "reading partition");
+        }
+
+        let dead_letter = if config.topics.dead_letter.is_empty() {
+            None
+        } else {
+            Some(DeadLetter::new(client, &config.topics.dead_letter, &topic)?)
+        };
+
+        let intake = Intake {
+            topic,
+            decoder,
+            resolver: EntityResolver::new(&config.entities),
+            time: config.time.clone(),
+            late: config.input.late,
+            max_batch: config.input.max_batch,
+            max_message_bytes: config.input.max_message_bytes,
+            idle_timeout: config.run.idle_timeout,
+            partitions: clocks,
+            dead_letter,
+            metrics,
+            logged: HashSet::new(),
+        };
+        Ok(FlowSource { consumer, intake, pending: VecDeque::new() })
+    }
+
+    /// Reads up to one batch of messages into `batch`. `floor` is the worker's current input time:
+    /// a record assigned to an earlier epoch can no longer be accepted and counts as late.
+    /// Returns the number of messages read.
+    pub fn poll(&mut self, batch: &mut EdgeBatch, floor: Epoch) -> Result<usize, KafkaError> {
+        let now = Instant::now();
+        let mut read = 0;
+        let mut max_epoch: Option<Epoch> = None;
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        while read < self.intake.max_batch {
+            let message = match self.consumer.poll(Duration::ZERO) {
+                None => break,
+                Some(Ok(message)) => message,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, topic = %self.intake.topic, "error from the flow consumer");
+                    break;
+                }
+            };
+            read += 1;
+            let (partition, offset) = (message.partition(), message.offset());
+            offsets.insert(partition, offset + 1);
+            if let Some(epoch) = self.intake.accept(&message, floor, now, batch)? {
+                max_epoch = max_epoch.max(Some(epoch));
+            }
+        }
+        if read > 0 {
+            self.intake.metrics.messages_consumed.inc_by(read as u64);
+            self.pending.push_back(PendingCommit { epoch: max_epoch, offsets: offsets.into_iter().collect() });
+        }
+        Ok(read)
+    }
+
+    /// This worker's event-time frontier: the least watermark over its partitions that still hold
+    /// it back. Idle partitions (no message for `idle_timeout`) and, with `stop_at_end`, finished
+    /// ones do not; when none does, the worker follows the furthest of its own partitions and of
+    /// the watermarks other workers announced.
+    pub fn watermark(&self, now: Instant, announced: Epoch) -> Epoch {
+        let lateness = self.intake.time.lateness_ms();
+        let mark = |c: &PartitionClock| c.max_epoch.map_or(0, |m| m.saturating_sub(lateness));
+        let holding = self
+            .intake
+            .partitions
+            .values()
+            .filter(|c| !c.finished() && now.duration_since(c.last_message) < self.intake.idle_timeout)
+            .map(mark)
+            .min();
+        match holding {
+            Some(least) => least,
+            None => self.intake.partitions.values().map(mark).max().unwrap_or(0).max(announced),
+        }
+    }
+
+    /// With `stop_at_end`: every partition has been read to its end offset.
+    pub fn at_end(&self) -> bool {
+        self.intake.partitions.values().all(PartitionClock::finished)
+    }
+
+    /// The greatest epoch any of this worker's partitions delivered.
+    pub fn max_epoch(&self) -> Option<Epoch> {
+        self.intake.partitions.values().filter_map(|c| c.max_epoch).max()
+    }
+
+    /// Commits the offsets of every batch whose records' epochs the output frontier has passed.
+    /// `frontier` is `None` once the output is complete.
+    pub fn commit_passed(&mut self, frontier: Option<Epoch>, mode: CommitMode) -> Result<(), KafkaError> {
+        let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        while let Some(batch) = self.pending.front() {
+            let passed = match (batch.epoch, frontier) {
+                (None, _) | (_, None) => true,
+                (Some(epoch), Some(frontier)) => epoch < frontier,
+            };
+            if !passed {
+                break;
+            }
+            let batch = self.pending.pop_front().expect("front exists");
+            offsets.extend(batch.offsets);
+        }
+        if offsets.is_empty() {
+            return Ok(());
+        }
+        if let Some(dead_letter) = &self.intake.dead_letter {
+            // What was dead-lettered must be durable before its offsets are committed.
+            dead_letter.flush()?;
+        }
+        let mut list = TopicPartitionList::new();
+        for (partition, offset) in offsets {
+            list.add_partition_offset(&self.intake.topic, partition, Offset::Offset(offset))
+                .map_err(|source| KafkaError::Client { context: "building commit".into(), source })?;
+        }
+        match self.consumer.commit(&list, mode) {
+            Ok(()) => {
+                self.intake.metrics.offset_commits.inc();
+            }
+            // A failed commit is not data loss: the records are re-read after a restart.
+            Err(error) => tracing::warn!(%error, "offset commit failed; will retry with the next one"),
+        }
+        Ok(())
+    }
+}
+
+impl Intake {
+    /// Decodes, validates and windows one message; returns its epoch if it entered `batch`.
+    fn accept(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        floor: Epoch,
+        now: Instant,
+        batch: &mut EdgeBatch,
+    ) -> Result<Option<Epoch>, KafkaError> {
+        let partition = message.partition();
+        let Some(clock) = self.partitions.get_mut(&partition) else {
+            return Ok(None);
+        };
+        clock.last_message = now;
+        clock.next_offset = message.offset() + 1;
+        let payload = message.payload().unwrap_or_default();
+        self.metrics.bytes_consumed.inc_by(payload.len() as u64);
+        if payload.len() > self.max_message_bytes {
+            let reason = format!("{} bytes is over input.max_message_bytes ({})", payload.len(), self.max_message_bytes);
+            self.reject(message, "oversized", &reason)?;
+            return Ok(None);
+        }
+        let flow = match self.decoder.decode(payload) {
+            Ok(flow) => flow,
+            Err(error) => {
+                self.reject(message, error.kind(), &error.to_string())?;
+                return Ok(None);
+            }
+        };
+        if let Err(invalid) = flow.validate() {
+            self.reject(message, invalid.kind(), &invalid.to_string())?;
+            return Ok(None);
+        }
+        let epoch = self.time.epoch_of(flow.end_ms);
+        let clock = self.partitions.get_mut(&partition).expect("partition checked above");
+        let watermark = clock.max_epoch.map_or(0, |m| m.saturating_sub(self.time.lateness_ms()));
+        clock.max_epoch = clock.max_epoch.max(Some(epoch));
+        if epoch < watermark.max(floor) {
+            let reason = format!("epoch {epoch} is behind the watermark {}", watermark.max(floor));
+            match self.late {
+                LatePolicy::Drop => self.count_and_log(message, "late", &reason),
+                LatePolicy::DeadLetter => self.reject(message, "late", &reason)?,
+            }
+            return Ok(None);
+        }
+        let edge = Edge {
+            src: self.resolver.resolve(&flow.src_addr, flow.src_meta.as_ref()),
+            dst: self.resolver.resolve(&flow.dst_addr, flow.dst_meta.as_ref()),
+            // validate() checked both ranges
+            dst_port: flow.dst_port as u16,
+            protocol: flow.protocol as u8,
+        };
+        batch.entry((edge, epoch)).or_default().plus_equals(&Volume::of_flow(&flow));
+        self.metrics.flows_accepted.inc();
+        Ok(Some(epoch))
+    }
+
+    fn count_and_log(&mut self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) {
+        self.metrics.reject(kind);
+        if self.logged.insert(kind) {
+            let sample: String = message.payload().unwrap_or_default().iter().take(48).map(|b| format!("{b:02x}")).collect();
+            tracing::warn!(
+                kind,
+                reason,
+                topic = %self.topic,
+                partition = message.partition(),
+                offset = message.offset(),
+                sample_hex = %sample,
+                "refused a flow message (logged once per kind; see peergraph_flows_rejected)"
+            );
+        }
+    }
+
+    fn reject(&mut self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) -> Result<(), KafkaError> {
+        self.count_and_log(message, kind, reason);
+        if let Some(dead_letter) = &self.dead_letter {
+            dead_letter.send(message, kind, reason)?;
+            self.metrics.dead_lettered.inc();
+        }
+        Ok(())
+    }
+}
+
+/// Refused messages, forwarded unchanged with the reason in headers.
+struct DeadLetter {
+    producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    topic: String,
+    source_topic: String,
+}
+
+impl DeadLetter {
+    fn new(client: &ClientConfig, topic: &str, source_topic: &str) -> Result<DeadLetter, KafkaError> {
+        let producer = client
+            .clone()
+            .set("enable.idempotence", "true")
+            .set("linger.ms", "50")
+            .create()
+            .map_err(|source| KafkaError::Client { context: "creating dead-letter producer".into(), source })?;
+        Ok(DeadLetter { producer, topic: topic.to_owned(), source_topic: source_topic.to_owned() })
+    }
+
+    fn send(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Result<(), KafkaError> {
+        let partition = message.partition().to_string();
+        let offset = message.offset().to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "peergraph.reason", value: Some(kind) })
+            .insert(Header { key: "peergraph.error", value: Some(reason) })
+            .insert(Header { key: "peergraph.source.topic", value: Some(self.source_topic.as_str()) })
+            .insert(Header { key: "peergraph.source.partition", value: Some(partition.as_str()) })
+            .insert(Header { key: "peergraph.source.offset", value: Some(offset.as_str()) });
+        let payload = message.payload().unwrap_or_default();
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(payload).headers(headers);
+        if let Some(key) = message.key() {
+            record = record.key(key);
+        }
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                    record = r;
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err((source, _)) => {
+                    return Err(KafkaError::Client { context: format!("dead-lettering to {}", self.topic), source })
+                }
+            }
+        }
+    }
+
+    fn flush(&self) -> Result<(), KafkaError> {
+        self.producer
+            .flush(Duration::from_secs(30))
+            .map_err(|source| KafkaError::Client { context: format!("flushing dead letters to {}", self.topic), source })
+    }
+}

@@ -1,0 +1,112 @@
+//! The pipeline's counters, in Prometheus form: everything dropped, rejected or retried is
+//! counted here, and served on `/metrics` by [`serve`].
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EventLabel {
+    pub event: String,
+}
+
+/// Shared by every worker of the process.
+#[derive(Default)]
+pub struct Metrics {
+    /// Flow messages read from Kafka.
+    pub messages_consumed: Counter,
+    /// Bytes of flow messages read from Kafka.
+    pub bytes_consumed: Counter,
+    /// Flows that entered the dataflow.
+    pub flows_accepted: Counter,
+    /// Messages refused before the dataflow, by reason (decode error kind, invalid flow kind,
+    /// "oversized", "late").
+    pub flows_rejected: Family<ReasonLabel, Counter>,
+    /// Rejected messages written to the dead-letter topic.
+    pub dead_lettered: Counter,
+    /// Edge updates handed to the dataflow after per-batch pre-aggregation (one per distinct
+    /// edge and epoch, twice with the window retraction).
+    pub edge_updates: Counter,
+    /// Alert events produced to the alerts topic, by lifecycle event.
+    pub alerts_produced: Family<EventLabel, Counter>,
+    /// Offset commits made after the output frontier passed the records' epochs.
+    pub offset_commits: Counter,
+    /// The event-time frontier of the dataflow output (ms since the Unix epoch), per process.
+    pub output_frontier_ms: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        Arc::new(Metrics::default())
+    }
+
+    pub fn reject(&self, reason: &str) {
+        self.flows_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+    }
+
+    pub fn rejected(&self, reason: &str) -> u64 {
+        self.flows_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).get()
+    }
+
+    pub fn alert_produced(&self, event: &str) {
+        self.alerts_produced.get_or_create(&EventLabel { event: event.to_owned() }).inc();
+    }
+
+    pub fn registry(self: &Arc<Self>) -> Registry {
+        let mut registry = Registry::with_prefix("peergraph");
+        registry.register("messages_consumed", "Flow messages read from Kafka", self.messages_consumed.clone());
+        registry.register("message_bytes_consumed", "Bytes of flow messages read from Kafka", self.bytes_consumed.clone());
+        registry.register("flows_accepted", "Flows that entered the dataflow", self.flows_accepted.clone());
+        registry.register("flows_rejected", "Flow messages refused before the dataflow, by reason", self.flows_rejected.clone());
+        registry.register("dead_lettered", "Rejected messages written to the dead-letter topic", self.dead_lettered.clone());
+        registry.register("edge_updates", "Pre-aggregated edge updates handed to the dataflow", self.edge_updates.clone());
+        registry.register("alerts_produced", "Alert events produced, by lifecycle event", self.alerts_produced.clone());
+        registry.register("offset_commits", "Offset commits after the output frontier passed", self.offset_commits.clone());
+        registry.register("output_frontier_ms", "Event-time frontier of the dataflow output", self.output_frontier_ms.clone());
+        registry
+    }
+}
+
+/// Serves `/metrics` and `/health` on `listen` until the process ends. Runs on its own thread
+/// with a small tokio runtime, so the timely workers are never blocked by it.
+pub fn serve(listen: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    use axum::routing::get;
+    let addr: std::net::SocketAddr =
+        listen.parse().map_err(|e| anyhow::anyhow!("metrics.listen {listen:?} is not an address: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
+    let registry = Arc::new(metrics.registry());
+    let app = axum::Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let registry = registry.clone();
+                async move {
+                    let mut body = String::new();
+                    match prometheus_client::encoding::text::encode(&mut body, &registry) {
+                        Ok(()) => body,
+                        Err(e) => format!("# cannot encode metrics: {e}\n"),
+                    }
+                }
+            }),
+        )
+        .route("/health", get(|| async { "ok\n" }));
+    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
+        if let Err(error) = runtime.block_on(async move { axum::serve(listener, app).await }) {
+            tracing::error!(%error, "metrics endpoint stopped");
+        }
+    })?;
+    tracing::info!(%addr, "serving /metrics and /health");
+    Ok(())
+}

@@ -1,0 +1,226 @@
+//! `peergraph run`: the timely cluster. Each worker reads its share of the flow partitions,
+//! feeds the windowed edge updates into the dataflow, advances event time by the partition
+//! watermarks, produces alerts, and commits offsets behind the output frontier.
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use peergraph_schemas::codec::{Decoder, Encoder};
+use peergraph_schemas::{Alert, Flow};
+use peergraph_topology::{build, Edge, Epoch, Volume};
+use rdkafka::consumer::CommitMode;
+use serde::{Deserialize, Serialize};
+use timely::dataflow::channels::pact::Pipeline;
+use timely::dataflow::operators::core::Input as _;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
+use timely::dataflow::operators::Probe as _;
+use timely::communication::Config as CommunicationConfig;
+
+use crate::config::Config;
+use crate::kafka::alerts::{produce_alerts, AlertSink};
+use crate::kafka::source::{EdgeBatch, FlowSource};
+use crate::kafka::{self, client_config};
+use crate::metrics::Metrics;
+
+/// What one worker did, summed over the cluster by [`run`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunReport {
+    pub messages: u64,
+    pub edge_updates: u64,
+    /// Greatest epoch the output frontier passed.
+    pub output_frontier: Epoch,
+}
+
+/// A worker's event-time announcement to its peers: its input frontier, and once it has read
+/// everything (`stop_at_end`), the epoch after its last record.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+struct Announcement {
+    worker: usize,
+    watermark: Epoch,
+    finished_at: Option<Epoch>,
+}
+
+/// Runs the pipeline until `shutdown` is set (or, with `run.stop_at_end`, until every partition
+/// has been read to its end as of the start and the output has caught up).
+pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) -> anyhow::Result<RunReport> {
+    config.validate()?;
+    kafka::ensure_topics(&config.kafka, &config.topics)?;
+    let partitions = kafka::partition_count(&config.kafka, &config.topics.flows)?;
+    let timely_config = timely_config(config)?;
+    let shared = Arc::new((config.clone(), partitions, metrics, shutdown));
+    tracing::info!(
+        topic = %config.topics.flows,
+        partitions,
+        workers = config.run.workers,
+        processes = config.run.processes,
+        window = ?config.time.window,
+        "starting the pipeline"
+    );
+    let guards = timely::execute(timely_config, move |worker| {
+        let (config, partitions, metrics, shutdown) = &*shared;
+        run_worker(worker, config, *partitions, metrics.clone(), shutdown).map_err(|e| format!("{e:#}"))
+    })
+    .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;
+    let mut total = RunReport::default();
+    for result in guards.join() {
+        let report = result.map_err(|e| anyhow::anyhow!("worker failed: {e}"))?.map_err(|e| anyhow::anyhow!(e))?;
+        total.messages += report.messages;
+        total.edge_updates += report.edge_updates;
+        total.output_frontier = total.output_frontier.max(report.output_frontier);
+    }
+    Ok(total)
+}
+
+fn timely_config(config: &Config) -> anyhow::Result<timely::Config> {
+    let run = &config.run;
+    let communication = if run.processes > 1 {
+        let hostfile = run.hostfile.as_ref().context("run.hostfile is required with several processes")?;
+        let text = std::fs::read_to_string(hostfile).with_context(|| format!("reading hostfile {}", hostfile.display()))?;
+        let addresses: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
+        anyhow::ensure!(
+            addresses.len() == run.processes,
+            "hostfile {} lists {} addresses for {} processes",
+            hostfile.display(),
+            addresses.len(),
+            run.processes
+        );
+        CommunicationConfig::Cluster { threads: run.workers, process: run.process, addresses, report: false, zerocopy: false }
+    } else if run.workers > 1 {
+        CommunicationConfig::Process(run.workers)
+    } else {
+        CommunicationConfig::Thread
+    };
+    Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
+}
+
+fn run_worker(
+    worker: &mut timely::worker::Worker,
+    config: &Config,
+    partitions: i32,
+    metrics: Arc<Metrics>,
+    shutdown: &AtomicBool,
+) -> anyhow::Result<RunReport> {
+    let index = worker.index();
+    let peers = worker.peers();
+    let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
+    let client = client_config(&config.kafka);
+    let mut source = FlowSource::open(config, &client, mine, Decoder::<Flow>::default(), metrics.clone())?;
+    let sink = AlertSink::new(&client, &config.topics.alerts, Encoder::<Alert>::new(config.run.alert_format)?, metrics.clone())?;
+    let stopping = sink.stopping.clone();
+    let sink_error = sink.error.clone();
+
+    // What the other workers announced: the furthest watermark, and who has finished where.
+    let announced = Rc::new(Cell::new(0 as Epoch));
+    let finished: Rc<RefCell<BTreeMap<usize, Epoch>>> = Rc::new(RefCell::new(BTreeMap::new()));
+
+    let topology = config.topology();
+    let dataflow_index = worker.next_dataflow_index();
+    let (mut edges_in, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+        use differential_dataflow::input::Input as _;
+        let (edges_in, edges) = scope.new_collection::<Edge, Volume>();
+        let outputs = build(&topology, edges);
+        let (probe, _) = produce_alerts(outputs.alerts, sink).probe();
+
+        let (announce_in, announcements) = scope.new_input::<Vec<Announcement>>();
+        let (announced, finished) = (announced.clone(), finished.clone());
+        announcements.broadcast().sink(Pipeline, "Announcements", move |(input, _)| {
+            input.for_each(|_, batch| {
+                for a in batch.drain(..) {
+                    announced.set(announced.get().max(a.watermark));
+                    if let Some(end) = a.finished_at {
+                        finished.borrow_mut().insert(a.worker, end);
+                    }
+                }
+            });
+        });
+        (edges_in, announce_in, probe)
+    });
+
+    let window = config.time.window_ms();
+    let tick = config.time.tick_ms();
+    let mut batch = EdgeBatch::new();
+    let mut report = RunReport::default();
+    let mut announced_finish = false;
+    let mut last_frontier = None;
+    loop {
+        if shutdown.load(Ordering::Relaxed) {
+            tracing::info!(worker = index, "shutting down");
+            break;
+        }
+        if let Some(error) = sink_error.borrow_mut().take() {
+            return Err(error.into());
+        }
+
+        let floor = *edges_in.time();
+        let read = source.poll(&mut batch, floor)?;
+        report.messages += read as u64;
+        let updates = batch.len() as u64 * 2;
+        for ((edge, epoch), volume) in batch.drain() {
+            edges_in.update_at(edge.clone(), epoch + window, volume.negated());
+            edges_in.update_at(edge, epoch, volume);
+        }
+        report.edge_updates += updates;
+        metrics.edge_updates.inc_by(updates);
+
+        let watermark = source.watermark(Instant::now(), announced.get());
+        if watermark > floor {
+            edges_in.advance_to(watermark);
+            announce_in.send(Announcement { worker: index, watermark, finished_at: None });
+            announce_in.advance_to(watermark);
+        }
+        edges_in.flush();
+
+        if config.run.stop_at_end && !announced_finish && source.at_end() {
+            let end = source.max_epoch().map_or(0, |e| e + tick);
+            announce_in.send(Announcement { worker: index, watermark: *edges_in.time(), finished_at: Some(end) });
+            announce_in.flush();
+            announced_finish = true;
+        }
+
+        if read == 0 {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+        } else {
+            worker.step();
+        }
+
+        let frontier = probe.with_frontier(|f| f.first().copied());
+        if frontier != last_frontier {
+            if let Some(f) = frontier {
+                metrics.output_frontier_ms.set(f as i64);
+                report.output_frontier = f;
+            }
+            source.commit_passed(frontier, CommitMode::Async)?;
+            last_frontier = frontier;
+        }
+
+        if config.run.stop_at_end && finished.borrow().len() == peers {
+            // Everyone has read everything: close the epochs up to the last record anywhere,
+            // then stop without processing the window's retractions beyond it.
+            let end = finished.borrow().values().copied().max().unwrap_or(0);
+            if *edges_in.time() < end {
+                edges_in.advance_to(end);
+                edges_in.flush();
+                announce_in.advance_to(end);
+            }
+            if !probe.less_than(&end) {
+                break;
+            }
+        }
+    }
+
+    let frontier = probe.with_frontier(|f| f.first().copied());
+    source.commit_passed(frontier, CommitMode::Sync)?;
+    if let Some(error) = sink_error.borrow_mut().take() {
+        return Err(error.into());
+    }
+    stopping.set(true);
+    worker.drop_dataflow(dataflow_index);
+    tracing::info!(worker = index, messages = report.messages, edge_updates = report.edge_updates, "worker stopped");
+    Ok(report)
+}

@@ -1,0 +1,11 @@
+//! peergraph's wire types: the records on the flows, alerts and service-graph topics, their Avro
+//! schemas (`schemas/avro/*.avsc`, the source of truth) and the codecs that read and write them.
+
+pub mod alert;
+pub mod codec;
+pub mod edge;
+pub mod flow;
+
+pub use alert::{Alert, AlertEvent, Severity};
+pub use edge::{EdgeLevel, GraphEdge};
+pub use flow::{ConnState, EndpointMeta, Flow, InvalidFlow};

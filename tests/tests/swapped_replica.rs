@@ -1,0 +1,75 @@
+//! The first end-to-end slice on a real Kafka broker: simulate → run → connect. Exactly the
+//! swapped replica is alerted, with evidence naming its new destination, and the alert clears once
+//! the malicious traffic has stopped and the window has passed.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peergraph::metrics::Metrics;
+use peergraph::simulate::SwapConfig;
+use peergraph_schemas::AlertEvent;
+
+/// 2026-01-01T00:00:00Z: a fixed start keeps the run deterministic.
+const START_MS: i64 = 1_767_225_600_000;
+
+#[test]
+fn swapped_replica_is_alerted_and_cleared() {
+    let mut config = peergraph_tests::config("swap");
+    config.time.window = Duration::from_secs(60);
+    config.run.workers = 2;
+    config.run.stop_at_end = true;
+    config.run.idle_timeout = Duration::from_secs(2);
+    config.simulate.seed = 11;
+    config.simulate.start_ms = Some(START_MS);
+    config.simulate.duration = Duration::from_secs(8 * 60);
+    config.simulate.web_replicas = 4;
+    let swap = SwapConfig { at: Duration::from_secs(120), lasting: Duration::from_secs(120), ..SwapConfig::default() };
+    config.simulate.swap = Some(swap.clone());
+
+    let simulated = peergraph::simulate::simulate(&config, &AtomicBool::new(false)).expect("simulate");
+    assert_eq!(simulated.labels.len(), 1);
+    let label = &simulated.labels[0];
+
+    let ran = peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), Metrics::new()).expect("run");
+    assert_eq!(ran.messages, simulated.flows, "the pipeline read every simulated flow");
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("alerts.jsonl");
+    config.connect.console = false;
+    config.connect.file = Some(file.clone());
+    config.connect.idle_exit = Some(Duration::from_secs(5));
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let client = peergraph::kafka::client_config(&config.kafka);
+    runtime
+        .block_on(peergraph_connectors::run(client, &config.topics.alerts, &config.connect, std::future::pending()))
+        .expect("connect");
+
+    let alerts = peergraph_tests::read_alerts(&file);
+    let entities: std::collections::BTreeSet<&str> = alerts.iter().map(|a| a.entity.as_str()).collect();
+    assert_eq!(entities.into_iter().collect::<Vec<_>>(), vec![label.entity.as_str()], "only the swapped replica is alerted: {alerts:#?}");
+
+    let events: Vec<AlertEvent> = alerts.iter().map(|a| a.event).collect();
+    assert_eq!(events, vec![AlertEvent::Raised, AlertEvent::Cleared], "{alerts:#?}");
+    let (raised, cleared) = (&alerts[0], &alerts[1]);
+    assert_eq!(raised.alert_id, cleared.alert_id);
+    assert_eq!(raised.detector, "peer_unique_destination");
+    assert_eq!(raised.evidence.get("destination").map(String::as_str), Some(label.destination.as_str()));
+    assert_eq!(raised.peer_group.as_deref(), Some("workload:shop/Deployment/web"));
+    assert!(raised.techniques.iter().any(|t| t == "T1071"));
+
+    // Raised within a couple of ticks of the swap; cleared one window after the last malicious flow.
+    let window = 60_000;
+    assert!(
+        raised.event_time_ms >= label.start_ms && raised.event_time_ms <= label.start_ms + 2_000,
+        "raised at {} for a swap at {}",
+        raised.event_time_ms,
+        label.start_ms
+    );
+    assert!(
+        cleared.event_time_ms >= label.end_ms + window - 1_000 && cleared.event_time_ms <= label.end_ms + window + 2_000,
+        "cleared at {} for a swap ending at {}",
+        cleared.event_time_ms,
+        label.end_ms
+    );
+}

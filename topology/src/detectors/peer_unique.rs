@@ -1,0 +1,135 @@
+//! Peer-unique destination: a member of a peer group (of at least `min_group_size` members)
+//! talks to a destination that no other member of its group touches in the window. The
+//! signature of a replica whose image was swapped for a malicious one. ATT&CK T1071, T1195.002.
+
+use differential_dataflow::VecCollection;
+use serde::{Deserialize, Serialize};
+
+use super::{alert_id, Finding};
+use crate::graph::Edge;
+use crate::time::Epoch;
+use crate::volume::Volume;
+
+pub const DETECTOR: &str = "peer_unique_destination";
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PeerUniqueConfig {
+    pub enabled: bool,
+    /// Smallest group (members seen in the window) whose members are compared; below it, a
+    /// destination only one member touches says little.
+    pub min_group_size: usize,
+}
+
+impl Default for PeerUniqueConfig {
+    fn default() -> Self {
+        PeerUniqueConfig { enabled: true, min_group_size: 3 }
+    }
+}
+
+/// Findings for `(member, destination)` pairs that only that member of its group touches.
+/// Destinations are compared at workload level, so replicas spreading their calls over the pods
+/// of one backend are not told apart.
+pub fn peer_unique_destinations<'s>(
+    config: &PeerUniqueConfig,
+    edges: VecCollection<'s, Epoch, Edge, Volume>,
+    members: VecCollection<'s, Epoch, (String, String)>,
+) -> VecCollection<'s, Epoch, Finding> {
+    let min_group_size = config.min_group_size as isize;
+
+    // (entity, destination) pairs present in the window.
+    let contacts = edges.map(|edge| (edge.src.entity.clone(), edge.dst.node().to_owned())).distinct();
+
+    // ((group, destination), member) for every member of a group that touches the destination.
+    let group_contacts = contacts
+        .join(members.clone())
+        .map(|(entity, (destination, group))| ((group, destination), entity));
+
+    // (group, destination) touched by exactly one member.
+    let unique = group_contacts
+        .clone()
+        .map(|(group_destination, _member)| group_destination)
+        .count()
+        .filter(|(_, members)| *members == 1)
+        .map(|(group_destination, _)| (group_destination, ()));
+
+    let sizes = crate::peers::group_sizes(members)
+        .filter(move |(_, size)| *size >= min_group_size)
+        .map(|(group, size)| (group, size));
+
+    group_contacts
+        .join(unique)
+        .map(|((group, destination), (member, ()))| (group, (member, destination)))
+        .join(sizes)
+        .map(|(group, ((member, destination), size))| finding(member, destination, group, size))
+}
+
+fn finding(member: String, destination: String, group: String, size: isize) -> Finding {
+    // Larger groups make a lone destination more telling: 3 members → 60, 5 → 80, ≥ 6 → 90.
+    let score = (50 + 10 * (size.min(6) - 2)).clamp(0, 100) as u8;
+    Finding {
+        alert_id: alert_id(DETECTOR, &member, &destination),
+        detector: DETECTOR.to_owned(),
+        summary: format!("{member} talks to {destination}, which none of the other {} members of {group} touch", size - 1),
+        evidence: vec![
+            ("destination".to_owned(), destination.clone()),
+            ("group_size".to_owned(), size.to_string()),
+            ("peers_touching_destination".to_owned(), "0".to_owned()),
+        ],
+        entity: member,
+        key: destination,
+        peer_group: Some(group),
+        score,
+        techniques: vec!["T1071".to_owned(), "T1195.002".to_owned()],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::peers::membership;
+    use crate::testing::{edge, run_collection};
+
+    fn detect(updates: Vec<(Edge, Epoch, isize)>, until: Epoch) -> Vec<(String, String)> {
+        let config = PeerUniqueConfig::default();
+        let out = run_collection(updates, until, move |edges| peer_unique_destinations(&config, edges.clone(), membership(edges)));
+        let mut found: Vec<_> = out.into_iter().map(|(f, _)| (f.entity, f.key)).collect();
+        found.sort();
+        found
+    }
+
+    fn replica(i: usize, dst: &str, port: u16) -> Edge {
+        edge(&format!("pod:shop/web-{i}"), Some("web"), dst, None, port)
+    }
+
+    #[test]
+    fn the_one_replica_with_a_new_destination_is_found() {
+        let mut updates = Vec::new();
+        for i in 1..=3 {
+            updates.push((replica(i, "host:10.0.0.9", 5432), 1000, 1));
+        }
+        updates.push((replica(2, "ext:203.0.113.66", 4444), 1000, 1));
+        assert_eq!(detect(updates, 2000), vec![("pod:shop/web-2".to_owned(), "ext:203.0.113.66".to_owned())]);
+    }
+
+    #[test]
+    fn two_members_are_not_a_group_worth_comparing() {
+        let updates = vec![
+            (replica(1, "host:10.0.0.9", 5432), 1000, 1),
+            (replica(2, "host:10.0.0.9", 5432), 1000, 1),
+            (replica(2, "ext:203.0.113.66", 4444), 1000, 1),
+        ];
+        assert!(detect(updates, 2000).is_empty());
+    }
+
+    #[test]
+    fn the_finding_goes_when_the_edge_leaves_the_window() {
+        let mut updates = Vec::new();
+        for i in 1..=3 {
+            updates.push((replica(i, "host:10.0.0.9", 5432), 1000, 1));
+        }
+        updates.push((replica(2, "ext:203.0.113.66", 4444), 1000, 1));
+        updates.push((replica(2, "ext:203.0.113.66", 4444), 3000, -1));
+        assert!(detect(updates, 4000).is_empty());
+    }
+}

@@ -1,0 +1,23 @@
+//! peergraph's dataflow: everything the product knows about a network, kept as differential
+//! collections that update incrementally as flows arrive and windows slide. No Kafka in here: the
+//! pipeline feeds [`Edge`] updates in and reads [`Alert`](peergraph_schemas::Alert)s out.
+
+pub mod detectors;
+pub mod entity;
+pub mod graph;
+pub mod lifecycle;
+pub mod peers;
+pub mod time;
+pub mod topology;
+pub mod volume;
+
+#[cfg(test)]
+mod testing;
+
+pub use detectors::{DetectorsConfig, Finding};
+pub use entity::{Endpoint, EntityResolver, ResolverConfig};
+pub use graph::{Edge, WorkloadEdge};
+pub use lifecycle::LifecycleConfig;
+pub use time::{Epoch, TimeConfig};
+pub use topology::{build, Outputs, TopologyConfig};
+pub use volume::Volume;

@@ -1,0 +1,64 @@
+//! Helpers for the tests beside each dataflow: build edges tersely and run a collection function
+//! over a list of timed updates on one worker, returning the consolidated result.
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use differential_dataflow::difference::Semigroup;
+use differential_dataflow::input::Input;
+use differential_dataflow::VecCollection;
+
+use crate::entity::Endpoint;
+use crate::graph::Edge;
+use crate::time::Epoch;
+use crate::volume::Volume;
+
+pub fn edge(src: &str, src_workload: Option<&str>, dst: &str, dst_workload: Option<&str>, port: u16) -> Edge {
+    Edge {
+        src: Endpoint { entity: src.to_owned(), workload: src_workload.map(str::to_owned) },
+        dst: Endpoint { entity: dst.to_owned(), workload: dst_workload.map(str::to_owned) },
+        dst_port: port,
+        protocol: 6,
+    }
+}
+
+/// Feeds `updates` (edge, time, flows) into `logic` and returns the output collection as it is at
+/// `until`, consolidated.
+pub fn run_collection<D, R, F>(updates: Vec<(Edge, Epoch, isize)>, until: Epoch, logic: F) -> Vec<(D, R)>
+where
+    D: differential_dataflow::ExchangeData + Send,
+    R: differential_dataflow::ExchangeData + Semigroup + Send,
+    F: for<'s> FnOnce(VecCollection<'s, Epoch, Edge, Volume>) -> VecCollection<'s, Epoch, D, R> + Send + Sync + 'static,
+{
+    timely::execute_directly(move |worker| {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let sink = seen.clone();
+        let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (input, edges) = scope.new_collection::<Edge, Volume>();
+            let (probe, _) = logic(edges).inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
+            (input, probe)
+        });
+        let mut updates = updates;
+        updates.sort_by_key(|(_, time, _)| *time);
+        for (edge, time, flows) in updates {
+            let volume = Volume { flows: flows as i64, bytes_out: 100 * flows as i64, ..Volume::default() };
+            input.update_at(edge, time, volume);
+        }
+        input.advance_to(until);
+        input.flush();
+        worker.step_while(|| probe.less_than(&until));
+        let mut state: BTreeMap<D, R> = BTreeMap::new();
+        for (datum, time, diff) in seen.borrow().iter() {
+            if *time < until {
+                match state.get_mut(datum) {
+                    Some(acc) => acc.plus_equals(diff),
+                    None => {
+                        state.insert(datum.clone(), diff.clone());
+                    }
+                }
+            }
+        }
+        state.into_iter().filter(|(_, r)| !r.is_zero()).collect()
+    })
+}
