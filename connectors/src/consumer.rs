@@ -110,3 +110,108 @@ impl OffsetCommitter for KafkaCommitter {
             .map_err(|error| format!("commit to topic {}: {error}", self.topic))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use peergraph_schemas::{AlertEvent, Severity};
+    use rdkafka::consumer::BaseConsumer;
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    use super::*;
+
+    #[test]
+    fn run_can_be_spawned_onto_a_multi_threaded_runtime() {
+        fn assert_send<T: Send>(_: &T) {}
+        let config = ConnectConfig::default();
+        let running = run(ClientConfig::new(), "peergraph.alerts", &config, std::future::pending());
+        assert_send(&running);
+    }
+
+    fn alert(id: &str, event: AlertEvent) -> Alert {
+        Alert {
+            alert_id: id.into(),
+            event,
+            detector: "scan".into(),
+            severity: Severity::Medium,
+            score: 55.0,
+            entity: format!("ip:10.0.0.{}", id.len()),
+            peer_group: None,
+            summary: "swept 200 ports".into(),
+            evidence: BTreeMap::new(),
+            techniques: vec!["T1046".into()],
+            first_seen_ms: 1,
+            last_seen_ms: 2,
+            event_time_ms: 2,
+        }
+    }
+
+    /// Against librdkafka's in-process mock cluster (the real broker tests live in `tests/`): the
+    /// consumer-group wiring, decoding, the file sink and the offsets committed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn run_writes_the_topic_to_the_file_sink_and_commits_what_it_delivered() {
+        let cluster = MockCluster::new(1).expect("mock cluster");
+        cluster.create_topic("alerts", 2, 1).expect("topic");
+        let brokers = cluster.bootstrap_servers();
+        let producer: FutureProducer =
+            ClientConfig::new().set("bootstrap.servers", &brokers).create().expect("producer");
+        let alerts = [alert("a", AlertEvent::Raised), alert("bb", AlertEvent::Raised), alert("a", AlertEvent::Cleared)];
+        let mut payloads: Vec<(String, Vec<u8>)> =
+            alerts.iter().map(|alert| (alert.alert_id.clone(), serde_json::to_vec(alert).expect("json"))).collect();
+        payloads.push(("junk".into(), b"not an alert".to_vec()));
+        for (key, payload) in &payloads {
+            producer
+                .send(FutureRecord::to("alerts").key(key).payload(payload), Duration::from_secs(5))
+                .await
+                .expect("produced");
+        }
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("alerts.jsonl");
+        let config = ConnectConfig {
+            group_id: "connect-test".into(),
+            console: false,
+            file: Some(path.clone()),
+            batch_timeout: Duration::from_millis(100),
+            // Joining a new group takes the mock coordinator a few seconds.
+            idle_exit: Some(Duration::from_secs(8)),
+            ..ConnectConfig::default()
+        };
+        let mut client = ClientConfig::new();
+        client.set("bootstrap.servers", &brokers);
+        let report = run(client, "alerts", &config, std::future::pending()).await.expect("runs to idle exit");
+
+        assert_eq!((report.raised, report.cleared, report.skipped), (2, 1, 1), "{report:?}");
+        let written: Vec<Alert> = std::fs::read_to_string(&path)
+            .expect("file written")
+            .lines()
+            .map(|line| serde_json::from_str(line).expect("an alert per line"))
+            .collect();
+        // One alert's events share a key, hence a partition, hence their order.
+        let of_a: Vec<&Alert> = written.iter().filter(|alert| alert.alert_id == "a").collect();
+        assert_eq!(of_a, [&alerts[0], &alerts[2]]);
+        assert_eq!(written.len(), 3);
+
+        let group: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &brokers)
+            .set("group.id", "connect-test")
+            .create()
+            .expect("consumer");
+        let mut partitions = TopicPartitionList::new();
+        partitions.add_partition("alerts", 0);
+        partitions.add_partition("alerts", 1);
+        let committed = group.committed_offsets(partitions, Duration::from_secs(10)).expect("committed offsets");
+        let total: i64 = committed
+            .elements()
+            .iter()
+            .map(|element| match element.offset() {
+                Offset::Offset(offset) => offset,
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(total, payloads.len() as i64, "every message, the skipped one too, is committed: {committed:?}");
+    }
+}

@@ -13,7 +13,7 @@ use tokio::time::{sleep_until, Instant};
 
 use crate::config::ConnectConfig;
 use crate::error::ConnectError;
-use crate::retry::{with_retry, RetryConfig};
+use crate::retry::{Attempts, GaveUp, RetryConfig};
 use crate::sink::Sink;
 
 /// One message from the alerts topic.
@@ -136,9 +136,15 @@ impl SkipLog {
 pub(crate) async fn check_sinks(sinks: &mut [Box<dyn Sink>], retry: &RetryConfig) -> Result<(), ConnectError> {
     for sink in sinks.iter_mut() {
         let name = sink.name().to_owned();
-        with_retry(retry, &name, "health_check", async || sink.health_check().await)
-            .await
-            .map_err(|gave_up| ConnectError::HealthCheck { sink: name.clone(), attempts: gave_up.attempts, source: gave_up.error })?;
+        let mut attempts = Attempts::new(retry, &name, "health_check");
+        loop {
+            match sink.health_check().await {
+                Ok(()) => break,
+                Err(error) => attempts.failed(error).await.map_err(|GaveUp { error, attempts }| {
+                    ConnectError::HealthCheck { sink: name.clone(), attempts, source: error }
+                })?,
+            }
+        }
         tracing::info!(sink = %name, "sink is healthy");
     }
     Ok(())
@@ -255,25 +261,32 @@ async fn deliver_and_commit(
     if !batch.alerts.is_empty() {
         for sink in sinks.iter_mut() {
             let name = sink.name().to_owned();
-            let alerts = &batch.alerts;
-            match with_retry(&config.retry, &name, "deliver", async || sink.deliver(alerts).await).await {
-                Ok(done) => report.retries += u64::from(done.attempts - 1),
-                Err(gave_up) => {
-                    report.retries += u64::from(gave_up.attempts - 1);
-                    return Err(ConnectError::Delivery {
-                        sink: name,
-                        attempts: gave_up.attempts,
-                        alerts: alerts.len(),
-                        source: gave_up.error,
-                    });
+            let mut attempts = Attempts::new(&config.retry, &name, "deliver");
+            loop {
+                match sink.deliver(&batch.alerts).await {
+                    Ok(()) => break,
+                    Err(error) => {
+                        if let Err(GaveUp { error, attempts }) = attempts.failed(error).await {
+                            report.retries += u64::from(attempts - 1);
+                            return Err(ConnectError::Delivery {
+                                sink: name.clone(),
+                                attempts,
+                                alerts: batch.alerts.len(),
+                                source: error,
+                            });
+                        }
+                    }
                 }
             }
+            report.retries += u64::from(attempts.made() - 1);
         }
         report.count_delivered(&batch.alerts);
         report.batches += 1;
     }
     match committer.commit(&batch.positions).await {
-        Ok(()) => tracing::debug!(alerts = batch.alerts.len(), positions = ?batch.positions, "batch delivered and committed"),
+        Ok(()) => {
+            tracing::debug!(alerts = batch.alerts.len(), positions = ?batch.positions, "batch delivered and committed")
+        }
         Err(error) => {
             report.commit_failures += 1;
             tracing::warn!(positions = ?batch.positions, %error, "committing a delivered batch failed; it may be delivered again");

@@ -63,11 +63,27 @@ impl RetryConfig {
     }
 }
 
-/// A call that succeeded, and how many attempts it took.
+/// The attempts at one sink call: the caller makes each attempt and reports a failure to
+/// [`Attempts::failed`], which waits out the backoff when another attempt is due, or gives up.
+///
+/// A loop around the call, rather than a function taking the call as a closure: a closure that lends
+/// out the sink anew on every attempt cannot be expressed so that the future stays `Send`.
+///
+/// ```ignore
+/// let mut attempts = Attempts::new(&config.retry, sink.name(), "deliver");
+/// loop {
+///     match sink.deliver(batch).await {
+///         Ok(()) => break,
+///         Err(error) => attempts.failed(error).await?,
+///     }
+/// }
+/// ```
 #[derive(Debug)]
-pub(crate) struct Succeeded<T> {
-    pub value: T,
-    pub attempts: u32,
+pub(crate) struct Attempts<'a> {
+    policy: &'a RetryConfig,
+    sink: &'a str,
+    operation: &'static str,
+    made: u32,
 }
 
 /// A call that failed permanently or ran out of attempts: the last error.
@@ -77,35 +93,37 @@ pub(crate) struct GaveUp {
     pub attempts: u32,
 }
 
-/// Runs `call` until it succeeds, fails permanently, or has been tried `policy.max_attempts` times,
-/// sleeping with backoff between attempts. `sink` and `operation` only label the logs.
-pub(crate) async fn with_retry<T>(
-    policy: &RetryConfig,
-    sink: &str,
-    operation: &'static str,
-    mut call: impl AsyncFnMut() -> Result<T, SinkError>,
-) -> Result<Succeeded<T>, GaveUp> {
-    let max_attempts = policy.max_attempts.max(1);
-    let mut attempt = 1;
-    loop {
-        match call().await {
-            Ok(value) => return Ok(Succeeded { value, attempts: attempt }),
-            Err(error) if error.is_retryable() && attempt < max_attempts => {
-                let wait = policy.backoff(attempt);
-                tracing::warn!(
-                    sink,
-                    operation,
-                    attempt,
-                    max_attempts,
-                    wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
-                    %error,
-                    "sink call failed; retrying"
-                );
-                tokio::time::sleep(wait).await;
-                attempt += 1;
-            }
-            Err(error) => return Err(GaveUp { error, attempts: attempt }),
+impl<'a> Attempts<'a> {
+    /// Before the first attempt. `sink` and `operation` label the logs.
+    pub fn new(policy: &'a RetryConfig, sink: &'a str, operation: &'static str) -> Self {
+        Attempts { policy, sink, operation, made: 1 }
+    }
+
+    /// Attempts made so far, the one in progress included.
+    pub fn made(&self) -> u32 {
+        self.made
+    }
+
+    /// The attempt in progress failed with `error`: sleeps with backoff and returns `Ok` when the
+    /// error is retryable and attempts remain, and gives up otherwise.
+    pub async fn failed(&mut self, error: SinkError) -> Result<(), GaveUp> {
+        let max_attempts = self.policy.max_attempts.max(1);
+        if !error.is_retryable() || self.made >= max_attempts {
+            return Err(GaveUp { error, attempts: self.made });
         }
+        let wait = self.policy.backoff(self.made);
+        tracing::warn!(
+            sink = self.sink,
+            operation = self.operation,
+            attempt = self.made,
+            max_attempts,
+            wait_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX),
+            %error,
+            "sink call failed; retrying"
+        );
+        tokio::time::sleep(wait).await;
+        self.made += 1;
+        Ok(())
     }
 }
 
@@ -114,7 +132,11 @@ mod tests {
     use super::*;
 
     fn policy(max_attempts: u32) -> RetryConfig {
-        RetryConfig { max_attempts, initial_backoff: Duration::from_millis(100), max_backoff: Duration::from_millis(1000) }
+        RetryConfig {
+            max_attempts,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+        }
     }
 
     #[test]
@@ -126,7 +148,11 @@ mod tests {
             let ceiling = policy.ceiling(attempt);
             for _ in 0..50 {
                 let wait = policy.backoff(attempt);
-                assert!(wait >= ceiling / 2 && wait <= ceiling, "attempt {attempt}: {wait:?} outside [{:?}, {ceiling:?}]", ceiling / 2);
+                assert!(
+                    wait >= ceiling / 2 && wait <= ceiling,
+                    "attempt {attempt}: {wait:?} outside [{:?}, {ceiling:?}]",
+                    ceiling / 2
+                );
             }
         }
         assert_eq!(policy.ceiling(u32::MAX), Duration::from_millis(1000), "no overflow on huge attempt numbers");
@@ -140,48 +166,41 @@ mod tests {
         assert!(inverted.validate().unwrap_err().contains("max_backoff"));
     }
 
+    /// Runs `outcomes` as successive attempts the way callers loop, returning the attempts made.
+    async fn attempt(policy: &RetryConfig, outcomes: Vec<Result<(), SinkError>>) -> Result<u32, GaveUp> {
+        let mut attempts = Attempts::new(policy, "test", "deliver");
+        for outcome in outcomes {
+            match outcome {
+                Ok(()) => return Ok(attempts.made()),
+                Err(error) => attempts.failed(error).await?,
+            }
+        }
+        panic!("ran out of scripted outcomes after {} attempts", attempts.made());
+    }
+
     #[tokio::test(start_paused = true)]
     async fn retryable_failures_are_retried_until_success() {
-        let mut failures_left = 2;
         let started = tokio::time::Instant::now();
-        let outcome = with_retry(&policy(5), "test", "deliver", async || {
-            if failures_left > 0 {
-                failures_left -= 1;
-                Err(SinkError::retryable("busy"))
-            } else {
-                Ok("done")
-            }
-        })
-        .await
-        .expect("succeeds on the third attempt");
-        assert_eq!((outcome.value, outcome.attempts), ("done", 3));
+        let outcomes = vec![Err(SinkError::retryable("busy")), Err(SinkError::retryable("busy")), Ok(())];
+        assert_eq!(attempt(&policy(5), outcomes).await.expect("succeeds on the third attempt"), 3);
         // Two waits: at least half of 100 ms and half of 200 ms.
         assert!(started.elapsed() >= Duration::from_millis(150), "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]
     async fn retrying_stops_after_max_attempts_with_the_last_error() {
-        let mut calls = 0;
-        let gave_up = with_retry(&policy(3), "test", "deliver", async || -> Result<(), SinkError> {
-            calls += 1;
-            Err(SinkError::retryable(format!("busy {calls}")))
-        })
-        .await
-        .expect_err("never succeeds");
+        let outcomes = (1..=5).map(|n| Err(SinkError::retryable(format!("busy {n}")))).collect();
+        let gave_up = attempt(&policy(3), outcomes).await.expect_err("never succeeds");
         assert_eq!(gave_up.attempts, 3);
-        assert_eq!(calls, 3);
         assert_eq!(gave_up.error, SinkError::retryable("busy 3"));
     }
 
     #[tokio::test(start_paused = true)]
     async fn permanent_failures_are_not_retried() {
-        let mut calls = 0;
-        let gave_up = with_retry(&policy(5), "test", "deliver", async || -> Result<(), SinkError> {
-            calls += 1;
-            Err(SinkError::permanent("forbidden"))
-        })
-        .await
-        .expect_err("permanent");
-        assert_eq!((gave_up.attempts, calls), (1, 1));
+        let started = tokio::time::Instant::now();
+        let outcomes = vec![Err(SinkError::permanent("forbidden")), Ok(())];
+        let gave_up = attempt(&policy(5), outcomes).await.expect_err("permanent");
+        assert_eq!(gave_up.attempts, 1);
+        assert_eq!(started.elapsed(), Duration::ZERO, "no wait before giving up");
     }
 }

@@ -72,7 +72,8 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     config.metrics.listen = String::new();
     let started = Instant::now();
     let report = crate::run::run(&config, Arc::new(AtomicBool::new(false)), Metrics::new())?;
-    let pipeline = Measure { what: "peergraph run", messages: report.messages, seconds: started.elapsed().as_secs_f64() };
+    let pipeline =
+        Measure { what: "peergraph run", messages: report.messages, seconds: started.elapsed().as_secs_f64() };
 
     println!("topic {topic}: {} messages; pipeline workers: {}", raw.messages, args.workers);
     println!("{:<28} {:>10} {:>9} {:>12} {:>8}", "", "messages", "seconds", "msgs/s", "vs raw");
@@ -81,7 +82,11 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
         let ratio = rate / (raw.messages as f64 / raw.seconds);
         println!("{:<28} {:>10} {:>9.2} {:>12.0} {:>8.2}", m.what, m.messages, m.seconds, rate, ratio);
     }
-    println!("edge updates handed to the dataflow: {} ({:.3} per flow)", report.edge_updates, report.edge_updates as f64 / report.messages.max(1) as f64);
+    println!(
+        "edge updates handed to the dataflow: {} ({:.3} per flow)",
+        report.edge_updates,
+        report.edge_updates as f64 / report.messages.max(1) as f64
+    );
     Ok(())
 }
 

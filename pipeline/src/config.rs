@@ -184,10 +184,7 @@ impl Config {
             builder = builder.add_source(config::File::from(path).format(config::FileFormat::Toml));
         }
         builder = builder.add_source(
-            config::Environment::with_prefix("PEERGRAPH")
-                .prefix_separator("__")
-                .separator("__")
-                .try_parsing(true),
+            config::Environment::with_prefix("PEERGRAPH").prefix_separator("__").separator("__").try_parsing(true),
         );
         let loaded: Config = builder
             .build()
@@ -245,9 +242,7 @@ impl Config {
 /// librdkafka properties that hold credentials.
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key", "token"]
-        .iter()
-        .any(|s| key.contains(s))
+    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key", "token"].iter().any(|s| key.contains(s))
 }
 
 #[cfg(test)]

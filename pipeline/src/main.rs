@@ -150,7 +150,9 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         ctrlc_on_thread(move || stop.store(true, Ordering::Relaxed));
     }
     match cli.command {
-        Command::Demo(args) => peergraph::demo::demo(config, Duration::from_secs(args.seconds), &args.alerts_file, stop),
+        Command::Demo(args) => {
+            peergraph::demo::demo(config, Duration::from_secs(args.seconds), &args.alerts_file, stop)
+        }
         Command::Simulate(args) => {
             let sim = &mut config.simulate;
             sim.seed = args.seed.unwrap_or(sim.seed);

@@ -64,14 +64,38 @@ impl Metrics {
     pub fn registry(self: &Arc<Self>) -> Registry {
         let mut registry = Registry::with_prefix("peergraph");
         registry.register("messages_consumed", "Flow messages read from Kafka", self.messages_consumed.clone());
-        registry.register("message_bytes_consumed", "Bytes of flow messages read from Kafka", self.bytes_consumed.clone());
+        registry.register(
+            "message_bytes_consumed",
+            "Bytes of flow messages read from Kafka",
+            self.bytes_consumed.clone(),
+        );
         registry.register("flows_accepted", "Flows that entered the dataflow", self.flows_accepted.clone());
-        registry.register("flows_rejected", "Flow messages refused before the dataflow, by reason", self.flows_rejected.clone());
-        registry.register("dead_lettered", "Rejected messages written to the dead-letter topic", self.dead_lettered.clone());
-        registry.register("edge_updates", "Pre-aggregated edge updates handed to the dataflow", self.edge_updates.clone());
+        registry.register(
+            "flows_rejected",
+            "Flow messages refused before the dataflow, by reason",
+            self.flows_rejected.clone(),
+        );
+        registry.register(
+            "dead_lettered",
+            "Rejected messages written to the dead-letter topic",
+            self.dead_lettered.clone(),
+        );
+        registry.register(
+            "edge_updates",
+            "Pre-aggregated edge updates handed to the dataflow",
+            self.edge_updates.clone(),
+        );
         registry.register("alerts_produced", "Alert events produced, by lifecycle event", self.alerts_produced.clone());
-        registry.register("offset_commits", "Offset commits after the output frontier passed", self.offset_commits.clone());
-        registry.register("output_frontier_ms", "Event-time frontier of the dataflow output", self.output_frontier_ms.clone());
+        registry.register(
+            "offset_commits",
+            "Offset commits after the output frontier passed",
+            self.offset_commits.clone(),
+        );
+        registry.register(
+            "output_frontier_ms",
+            "Event-time frontier of the dataflow output",
+            self.output_frontier_ms.clone(),
+        );
         registry
     }
 }

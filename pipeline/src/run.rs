@@ -15,12 +15,12 @@ use peergraph_schemas::{Alert, Flow};
 use peergraph_topology::{build, Edge, Epoch, Volume};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
+use timely::communication::Config as CommunicationConfig;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Input as _;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Probe as _;
-use timely::communication::Config as CommunicationConfig;
 
 use crate::config::Config;
 use crate::kafka::alerts::{produce_alerts, AlertSink};
@@ -81,7 +81,8 @@ fn timely_config(config: &Config) -> anyhow::Result<timely::Config> {
     let run = &config.run;
     let communication = if run.processes > 1 {
         let hostfile = run.hostfile.as_ref().context("run.hostfile is required with several processes")?;
-        let text = std::fs::read_to_string(hostfile).with_context(|| format!("reading hostfile {}", hostfile.display()))?;
+        let text =
+            std::fs::read_to_string(hostfile).with_context(|| format!("reading hostfile {}", hostfile.display()))?;
         let addresses: Vec<String> = text.lines().map(str::trim).filter(|l| !l.is_empty()).map(str::to_owned).collect();
         anyhow::ensure!(
             addresses.len() == run.processes,
@@ -90,7 +91,13 @@ fn timely_config(config: &Config) -> anyhow::Result<timely::Config> {
             addresses.len(),
             run.processes
         );
-        CommunicationConfig::Cluster { threads: run.workers, process: run.process, addresses, report: false, zerocopy: false }
+        CommunicationConfig::Cluster {
+            threads: run.workers,
+            process: run.process,
+            addresses,
+            report: false,
+            zerocopy: false,
+        }
     } else if run.workers > 1 {
         CommunicationConfig::Process(run.workers)
     } else {
@@ -111,7 +118,12 @@ fn run_worker(
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
     let mut source = FlowSource::open(config, &client, mine, Decoder::<Flow>::default(), metrics.clone())?;
-    let sink = AlertSink::new(&client, &config.topics.alerts, Encoder::<Alert>::new(config.run.alert_format)?, metrics.clone())?;
+    let sink = AlertSink::new(
+        &client,
+        &config.topics.alerts,
+        Encoder::<Alert>::new(config.run.alert_format)?,
+        metrics.clone(),
+    )?;
     let stopping = sink.stopping.clone();
     let sink_error = sink.error.clone();
 

@@ -282,7 +282,17 @@ impl Environment {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn tcp(&mut self, src: &Node, dst: &Node, port: i32, now_ms: i64, step_ms: i64, out: i64, back: i64, app: Option<&str>) -> Flow {
+    fn tcp(
+        &mut self,
+        src: &Node,
+        dst: &Node,
+        port: i32,
+        now_ms: i64,
+        step_ms: i64,
+        out: i64,
+        back: i64,
+        app: Option<&str>,
+    ) -> Flow {
         let mut flow = self.flow(src, dst, port, now_ms, step_ms, out, back, app);
         flow.protocol = proto::TCP;
         flow.tcp_flags = tcp_flag::SYN | tcp_flag::ACK | tcp_flag::PSH | tcp_flag::FIN;
@@ -291,14 +301,34 @@ impl Environment {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn udp(&mut self, src: &Node, dst: &Node, port: i32, now_ms: i64, step_ms: i64, out: i64, back: i64, app: Option<&str>) -> Flow {
+    fn udp(
+        &mut self,
+        src: &Node,
+        dst: &Node,
+        port: i32,
+        now_ms: i64,
+        step_ms: i64,
+        out: i64,
+        back: i64,
+        app: Option<&str>,
+    ) -> Flow {
         let mut flow = self.flow(src, dst, port, now_ms, step_ms, out, back, app);
         flow.protocol = proto::UDP;
         flow
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn flow(&mut self, src: &Node, dst: &Node, port: i32, now_ms: i64, step_ms: i64, out: i64, back: i64, app: Option<&str>) -> Flow {
+    fn flow(
+        &mut self,
+        src: &Node,
+        dst: &Node,
+        port: i32,
+        now_ms: i64,
+        step_ms: i64,
+        out: i64,
+        back: i64,
+        app: Option<&str>,
+    ) -> Flow {
         let end_ms = now_ms - self.rng.random_range(0..step_ms.max(1));
         Flow {
             sensor_id: "sim-sensor-1".into(),
@@ -362,7 +392,10 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
             }
             payload.clear();
             encoder.encode(flow, &mut payload)?;
-            let mut record = BaseRecord::to(&config.topics.flows).key(flow.src_addr.as_bytes()).payload(&payload).timestamp(flow.end_ms);
+            let mut record = BaseRecord::to(&config.topics.flows)
+                .key(flow.src_addr.as_bytes())
+                .payload(&payload)
+                .timestamp(flow.end_ms);
             loop {
                 match producer.send(record) {
                     Ok(()) => break,
@@ -381,7 +414,8 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
     report.end_ms = report.end_ms.min(t);
     report.labels = env.labels(report.end_ms);
     if let Some(path) = &sim.labels {
-        let mut file = std::fs::File::create(path).with_context(|| format!("creating labels file {}", path.display()))?;
+        let mut file =
+            std::fs::File::create(path).with_context(|| format!("creating labels file {}", path.display()))?;
         for label in &report.labels {
             writeln!(file, "{}", serde_json::to_string(label)?)?;
         }
@@ -417,7 +451,10 @@ mod tests {
 
     #[test]
     fn every_flow_is_valid() {
-        let config = SimulateConfig { swap: Some(SwapConfig { at: Duration::ZERO, ..SwapConfig::default() }), ..SimulateConfig::default() };
+        let config = SimulateConfig {
+            swap: Some(SwapConfig { at: Duration::ZERO, ..SwapConfig::default() }),
+            ..SimulateConfig::default()
+        };
         for flow in flows(&config, 20) {
             flow.validate().unwrap();
             assert!(flow.end_ms <= 20_000 && flow.end_ms > 0);

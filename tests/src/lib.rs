@@ -17,6 +17,7 @@ pub fn brokers() -> String {
 
 /// A configuration against the test broker with topics and groups no other test uses.
 pub fn config(test: &str) -> Config {
+    peergraph::init_tracing("info", false);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
     let prefix = format!("test.{test}.{nanos}");
     let mut config = Config::default();

@@ -47,7 +47,11 @@ fn swapped_replica_is_alerted_and_cleared() {
 
     let alerts = peergraph_tests::read_alerts(&file);
     let entities: std::collections::BTreeSet<&str> = alerts.iter().map(|a| a.entity.as_str()).collect();
-    assert_eq!(entities.into_iter().collect::<Vec<_>>(), vec![label.entity.as_str()], "only the swapped replica is alerted: {alerts:#?}");
+    assert_eq!(
+        entities.into_iter().collect::<Vec<_>>(),
+        vec![label.entity.as_str()],
+        "only the swapped replica is alerted: {alerts:#?}"
+    );
 
     let events: Vec<AlertEvent> = alerts.iter().map(|a| a.event).collect();
     assert_eq!(events, vec![AlertEvent::Raised, AlertEvent::Cleared], "{alerts:#?}");
@@ -67,7 +71,8 @@ fn swapped_replica_is_alerted_and_cleared() {
         label.start_ms
     );
     assert!(
-        cleared.event_time_ms >= label.end_ms + window - 1_000 && cleared.event_time_ms <= label.end_ms + window + 2_000,
+        cleared.event_time_ms >= label.end_ms + window - 1_000
+            && cleared.event_time_ms <= label.end_ms + window + 2_000,
         "cleared at {} for a swap ending at {}",
         cleared.event_time_ms,
         label.end_ms

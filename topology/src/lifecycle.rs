@@ -10,13 +10,16 @@ use differential_dataflow::VecCollection;
 use peergraph_schemas::{Alert, AlertEvent, Severity};
 use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
-use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::channels::pact::{Exchange, Pipeline};
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::detectors::Finding;
+use crate::graph::Edge;
 use crate::time::Epoch;
+use crate::volume::Volume;
 
 /// How findings become alert events.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,13 +55,41 @@ struct Lifecycle {
     open: HashMap<String, OpenAlert>,
 }
 
+/// The earliest epoch of any flow the dataflow has seen, as it becomes known, sent to every
+/// worker. The silent period is counted from it, so it does not depend on how the input was
+/// batched.
+pub fn observation_start<'s>(edges: VecCollection<'s, Epoch, Edge, Volume>) -> Stream<'s, Epoch, Vec<Epoch>> {
+    edges
+        .inner
+        .unary::<CapacityContainerBuilder<Vec<Epoch>>, _, _, _>(Pipeline, "ObservationStart", |_, _| {
+            let mut earliest: Option<Epoch> = None;
+            move |input, output| {
+                input.for_each(|cap, updates| {
+                    let least =
+                        updates.iter().filter(|(_, _, volume)| volume.flows > 0).map(|(_, time, _)| *time).min();
+                    if let Some(least) = least.filter(|l| earliest.is_none_or(|e| *l < e)) {
+                        earliest = Some(least);
+                        output.session(&cap).give(least);
+                    }
+                });
+            }
+        })
+        .broadcast()
+}
+
 /// Alert events, each at the epoch whose closing produced it. Findings are routed by alert id, so
-/// one worker owns each alert's lifecycle and its events come out in order. `learning_ms` is the
-/// silent period after the first epoch the dataflow closes.
-pub fn alert_lifecycle<'s>(findings: VecCollection<'s, Epoch, Finding>, learning_ms: u64) -> Stream<'s, Epoch, Vec<Alert>> {
+/// one worker owns each alert's lifecycle and its events come out in order. No alert is raised
+/// for epochs earlier than the `observed` start plus `learning_ms`.
+pub fn alert_lifecycle<'s>(
+    findings: VecCollection<'s, Epoch, Finding>,
+    observed: Stream<'s, Epoch, Vec<Epoch>>,
+    learning_ms: u64,
+) -> Stream<'s, Epoch, Vec<Alert>> {
     let route = Exchange::new(|update: &(Finding, Epoch, isize)| route_of(&update.0.alert_id));
-    findings.inner.unary_frontier::<CapacityContainerBuilder<Vec<Alert>>, _, _, _>(
+    findings.inner.binary_frontier::<_, CapacityContainerBuilder<Vec<Alert>>, _, _, _, _>(
+        observed,
         route,
+        Pipeline,
         "AlertLifecycle",
         move |initial, _info| {
             let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<(Finding, isize)>)> = BTreeMap::new();
@@ -66,8 +97,8 @@ pub fn alert_lifecycle<'s>(findings: VecCollection<'s, Epoch, Finding>, learning
             // Held, following the input frontier, until the silent period ends: the alerts still
             // open then are raised under it.
             let mut held = Some(initial);
-            let mut silent_until: Option<Epoch> = None;
-            move |(input, frontier), output| {
+            let mut observed_from: Option<Epoch> = None;
+            move |(input, frontier), (starts, starts_frontier), output| {
                 input.for_each(|cap, updates| {
                     for (finding, time, diff) in updates.drain(..) {
                         pending
@@ -77,14 +108,17 @@ pub fn alert_lifecycle<'s>(findings: VecCollection<'s, Epoch, Finding>, learning
                             .push((finding, diff));
                     }
                 });
-                let current = frontier.frontier().first().copied();
-                if silent_until.is_none() {
-                    silent_until = current.filter(|f| *f > 0).map(|f| f + learning_ms);
-                }
-                let until = silent_until.unwrap_or(Epoch::MAX);
+                starts.for_each(|_, batch| {
+                    for start in batch.drain(..) {
+                        observed_from = Some(observed_from.map_or(start, |o| o.min(start)));
+                    }
+                });
+                // An epoch is closed once neither findings nor news of an earlier start can come.
+                let closed = |time: &Epoch| !frontier.less_equal(time) && !starts_frontier.less_equal(time);
+                let until = observed_from.map_or(Epoch::MAX, |o| o.saturating_add(learning_ms));
                 while let Some(entry) = pending.first_entry() {
                     let time = *entry.key();
-                    if frontier.less_equal(&time) {
+                    if !closed(&time) {
                         break;
                     }
                     if time >= until {
@@ -100,8 +134,15 @@ pub fn alert_lifecycle<'s>(findings: VecCollection<'s, Epoch, Finding>, learning
                     }
                 }
                 if let Some(cap) = held.as_mut() {
+                    let current = frontier
+                        .frontier()
+                        .first()
+                        .copied()
+                        .into_iter()
+                        .chain(starts_frontier.frontier().first().copied())
+                        .min();
                     match current {
-                        Some(f) if f > until => {
+                        Some(_) if closed(&until) => {
                             let raised = state.end_silence(until);
                             output.session(&*cap).give_iterator(raised.into_iter());
                             held = None;
@@ -258,7 +299,10 @@ mod tests {
         assert!(state.close_epoch(2000, vec![(finding("b", "y", 60), -1)], true).is_empty());
         let raised = state.end_silence(5000);
         assert_eq!(raised.len(), 1);
-        assert_eq!((raised[0].entity.as_str(), raised[0].event, raised[0].first_seen_ms, raised[0].event_time_ms), ("a", AlertEvent::Raised, 1000, 5000));
+        assert_eq!(
+            (raised[0].entity.as_str(), raised[0].event, raised[0].first_seen_ms, raised[0].event_time_ms),
+            ("a", AlertEvent::Raised, 1000, 5000)
+        );
         let cleared = state.close_epoch(6000, vec![(finding("a", "x", 60), -1)], false);
         assert_eq!(cleared[0].event, AlertEvent::Cleared);
     }

@@ -12,14 +12,14 @@ use crate::volume::Volume;
 pub fn membership<'s>(edges: VecCollection<'s, Epoch, Edge, Volume>) -> VecCollection<'s, Epoch, (String, String)> {
     edges
         .flat_map(|edge| {
-            [edge.src, edge.dst]
-                .into_iter()
-                .filter_map(|end| end.workload.map(|group| (end.entity, group)))
+            [edge.src, edge.dst].into_iter().filter_map(|end| end.workload.map(|group| (end.entity, group)))
         })
         .distinct()
 }
 
 /// `(group, members)` for every group, counting the members seen in the window.
-pub fn group_sizes<'s>(members: VecCollection<'s, Epoch, (String, String)>) -> VecCollection<'s, Epoch, (String, isize)> {
+pub fn group_sizes<'s>(
+    members: VecCollection<'s, Epoch, (String, String)>,
+) -> VecCollection<'s, Epoch, (String, isize)> {
     members.map(|(_entity, group)| group).count()
 }

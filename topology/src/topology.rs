@@ -9,7 +9,7 @@ use timely::dataflow::Stream;
 use crate::detectors::{findings, DetectorsConfig, Finding};
 use crate::entity::ResolverConfig;
 use crate::graph::{workload_graph, Edge, WorkloadEdge};
-use crate::lifecycle::{alert_lifecycle, LifecycleConfig};
+use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig};
 use crate::peers::membership;
 use crate::time::{Epoch, TimeConfig};
 use crate::volume::Volume;
@@ -41,9 +41,10 @@ pub fn build<'s>(config: &TopologyConfig, edges: VecCollection<'s, Epoch, Edge, 
     let learning_ms = learning.as_millis() as u64;
     let members = membership(edges.clone());
     let findings = findings(&config.detectors, edges.clone(), members);
+    let observed = observation_start(edges.clone());
     Outputs {
         workload_graph: workload_graph(edges),
-        alerts: alert_lifecycle(findings.clone(), learning_ms),
+        alerts: alert_lifecycle(findings.clone(), observed, learning_ms),
         findings,
     }
 }

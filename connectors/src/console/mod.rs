@@ -40,7 +40,10 @@ impl Sink for ConsoleSink {
         for alert in batch {
             encode_line(alert, &mut lines);
         }
-        self.out.write_all(lines.as_bytes()).await.map_err(|error| SinkError::io("write to standard output", &error))?;
+        self.out
+            .write_all(lines.as_bytes())
+            .await
+            .map_err(|error| SinkError::io("write to standard output", &error))?;
         self.flush().await
     }
 

@@ -21,7 +21,9 @@ impl FileSinkConfig {
         if self.path.as_os_str().is_empty() {
             return Err("file sink: path is empty".into());
         }
-        if self.path.file_name().is_none() || self.path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR) {
+        if self.path.file_name().is_none()
+            || self.path.as_os_str().to_string_lossy().ends_with(std::path::MAIN_SEPARATOR)
+        {
             return Err(format!("file sink: {} names a directory, not a file", self.path.display()));
         }
         Ok(())

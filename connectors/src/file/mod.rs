@@ -115,9 +115,8 @@ impl Sink for FileSink {
     async fn deliver(&mut self, batch: &[Alert]) -> Result<(), SinkError> {
         let mut lines = Vec::with_capacity(512 * batch.len());
         for alert in batch {
-            encode_line(alert, &mut lines).map_err(|error| {
-                SinkError::permanent(format!("encode alert {} as JSON: {error}", alert.alert_id))
-            })?;
+            encode_line(alert, &mut lines)
+                .map_err(|error| SinkError::permanent(format!("encode alert {} as JSON: {error}", alert.alert_id)))?;
         }
         self.follow_rotation().await?;
         self.end_torn_line().await?;
@@ -187,7 +186,10 @@ mod tests {
 
     fn read_alerts(path: &Path) -> Vec<Alert> {
         let text = std::fs::read_to_string(path).expect("file exists");
-        text.lines().filter(|line| line.starts_with('{')).map(|line| serde_json::from_str(line).expect("a JSON alert")).collect()
+        text.lines()
+            .filter(|line| line.starts_with('{'))
+            .map(|line| serde_json::from_str(line).expect("a JSON alert"))
+            .collect()
     }
 
     #[tokio::test]

@@ -56,7 +56,12 @@ pub struct AlertSink {
 }
 
 impl AlertSink {
-    pub fn new(client: &ClientConfig, topic: &str, encoder: Encoder<Alert>, metrics: Arc<Metrics>) -> Result<AlertSink, KafkaError> {
+    pub fn new(
+        client: &ClientConfig,
+        topic: &str,
+        encoder: Encoder<Alert>,
+        metrics: Arc<Metrics>,
+    ) -> Result<AlertSink, KafkaError> {
         let context = DeliveryWatch::default();
         let failed = context.failed.clone();
         let producer = client
@@ -82,7 +87,10 @@ impl AlertSink {
         self.encoder
             .encode(alert, buffer)
             .map_err(|e| KafkaError::Encode { topic: self.topic.clone(), reason: e.to_string() })?;
-        let mut record = BaseRecord::to(&self.topic).key(alert.alert_id.as_bytes()).payload(buffer.as_slice()).timestamp(alert.event_time_ms);
+        let mut record = BaseRecord::to(&self.topic)
+            .key(alert.alert_id.as_bytes())
+            .payload(buffer.as_slice())
+            .timestamp(alert.event_time_ms);
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -90,7 +98,9 @@ impl AlertSink {
                     record = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((source, _)) => return Err(KafkaError::Client { context: format!("producing to {}", self.topic), source }),
+                Err((source, _)) => {
+                    return Err(KafkaError::Client { context: format!("producing to {}", self.topic), source })
+                }
             }
         }
     }

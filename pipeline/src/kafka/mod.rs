@@ -57,13 +57,15 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaErr
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                         return Ok(t.partitions().len() as i32)
                     }
-                    _ => {
-                        return Err(KafkaError::MissingTopic { topic: topic.into(), brokers: kafka.brokers.clone() })
-                    }
+                    _ => return Err(KafkaError::MissingTopic { topic: topic.into(), brokers: kafka.brokers.clone() }),
                 }
             }
             Err(source) if started.elapsed() >= kafka.connect_timeout => {
-                return Err(KafkaError::Unreachable { brokers: kafka.brokers.clone(), waited: started.elapsed(), source })
+                return Err(KafkaError::Unreachable {
+                    brokers: kafka.brokers.clone(),
+                    waited: started.elapsed(),
+                    source,
+                })
             }
             Err(error) => {
                 tracing::warn!(brokers = %kafka.brokers, %error, retry_in = ?delay, "Kafka not reachable yet");
@@ -74,6 +76,47 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaErr
     }
 }
 
+/// Retries `call` while it fails with an error that goes away by itself (a group coordinator
+/// still loading, a leader election, a timeout), up to `kafka.connect_timeout`.
+pub fn retry_transient<T>(
+    kafka: &KafkaConfig,
+    context: &str,
+    mut call: impl FnMut() -> Result<T, rdkafka::error::KafkaError>,
+) -> Result<T, KafkaError> {
+    let started = Instant::now();
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match call() {
+            Ok(value) => return Ok(value),
+            Err(source) if is_transient(&source) && started.elapsed() < kafka.connect_timeout => {
+                tracing::debug!(%source, context, retry_in = ?delay, "transient Kafka error");
+                std::thread::sleep(delay);
+                delay = (delay * 2).min(Duration::from_secs(2));
+            }
+            Err(source) => return Err(KafkaError::Client { context: context.to_owned(), source }),
+        }
+    }
+}
+
+fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
+    use RDKafkaErrorCode::*;
+    matches!(
+        error.rdkafka_error_code(),
+        Some(
+            NotCoordinator
+                | CoordinatorLoadInProgress
+                | CoordinatorNotAvailable
+                | LeaderNotAvailable
+                | NotLeaderForPartition
+                | RequestTimedOut
+                | OperationTimedOut
+                | BrokerTransportFailure
+                | AllBrokersDown
+                | UnknownTopicOrPartition
+        )
+    )
+}
+
 /// Creates the flows, alerts and dead-letter topics if they are missing.
 pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), KafkaError> {
     if !topics.create {
@@ -82,8 +125,10 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
-    let names: Vec<&str> =
-        [topics.flows.as_str(), topics.alerts.as_str(), topics.dead_letter.as_str()].into_iter().filter(|t| !t.is_empty()).collect();
+    let names: Vec<&str> = [topics.flows.as_str(), topics.alerts.as_str(), topics.dead_letter.as_str()]
+        .into_iter()
+        .filter(|t| !t.is_empty())
+        .collect();
     let new: Vec<NewTopic> = names
         .iter()
         .map(|name| NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor)))
@@ -99,7 +144,11 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
         match runtime.block_on(admin.create_topics(&new, &options)) {
             Ok(results) => break results,
             Err(source) if started.elapsed() >= kafka.connect_timeout => {
-                return Err(KafkaError::Unreachable { brokers: kafka.brokers.clone(), waited: started.elapsed(), source })
+                return Err(KafkaError::Unreachable {
+                    brokers: kafka.brokers.clone(),
+                    waited: started.elapsed(),
+                    source,
+                })
             }
             Err(error) => {
                 tracing::warn!(brokers = %kafka.brokers, %error, retry_in = ?delay, "Kafka not reachable yet");

@@ -91,7 +91,6 @@ impl FlowSource {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("enable.partition.eof", "false")
-            .set("message.max.bytes", (config.input.max_message_bytes + 1024).max(1000).to_string())
             .create()
             .map_err(|source| KafkaError::Client { context: "creating flow consumer".into(), source })?;
 
@@ -102,9 +101,9 @@ impl FlowSource {
                 .map_err(|source| KafkaError::Client { context: format!("assigning partition {p}"), source })?;
         }
         let timeout = Duration::from_secs(10);
-        let committed = consumer
-            .committed_offsets(assignment.clone(), timeout)
-            .map_err(|source| KafkaError::Client { context: "reading committed offsets".into(), source })?;
+        let committed = super::retry_transient(&config.kafka, "reading committed offsets", || {
+            consumer.committed_offsets(assignment.clone(), timeout)
+        })?;
         consumer
             .assign(&assignment)
             .map_err(|source| KafkaError::Client { context: "assigning flow partitions".into(), source })?;
@@ -112,9 +111,10 @@ impl FlowSource {
         let now = Instant::now();
         let mut clocks = BTreeMap::new();
         for &p in &partitions {
-            let (low, high) = consumer
-                .fetch_watermarks(&topic, p, timeout)
-                .map_err(|source| KafkaError::Client { context: format!("reading watermarks of partition {p}"), source })?;
+            let (low, high) = consumer.fetch_watermarks(&topic, p, timeout).map_err(|source| KafkaError::Client {
+                context: format!("reading watermarks of partition {p}"),
+                source,
+            })?;
             let next_offset = match committed.find_partition(&topic, p).map(|e| e.offset()) {
                 Some(Offset::Offset(o)) => o.max(low),
                 _ => low,
@@ -264,7 +264,8 @@ impl Intake {
         let payload = message.payload().unwrap_or_default();
         self.metrics.bytes_consumed.inc_by(payload.len() as u64);
         if payload.len() > self.max_message_bytes {
-            let reason = format!("{} bytes is over input.max_message_bytes ({})", payload.len(), self.max_message_bytes);
+            let reason =
+                format!("{} bytes is over input.max_message_bytes ({})", payload.len(), self.max_message_bytes);
             self.reject(message, "oversized", &reason)?;
             return Ok(None);
         }
@@ -306,7 +307,8 @@ impl Intake {
     fn count_and_log(&mut self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) {
         self.metrics.reject(kind);
         if self.logged.insert(kind) {
-            let sample: String = message.payload().unwrap_or_default().iter().take(48).map(|b| format!("{b:02x}")).collect();
+            let sample: String =
+                message.payload().unwrap_or_default().iter().take(48).map(|b| format!("{b:02x}")).collect();
             tracing::warn!(
                 kind,
                 reason,
@@ -364,7 +366,10 @@ impl DeadLetter {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull), r)) => {
+                Err((
+                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
+                    r,
+                )) => {
                     record = r;
                     std::thread::sleep(Duration::from_millis(10));
                 }
@@ -376,8 +381,9 @@ impl DeadLetter {
     }
 
     fn flush(&self) -> Result<(), KafkaError> {
-        self.producer
-            .flush(Duration::from_secs(30))
-            .map_err(|source| KafkaError::Client { context: format!("flushing dead letters to {}", self.topic), source })
+        self.producer.flush(Duration::from_secs(30)).map_err(|source| KafkaError::Client {
+            context: format!("flushing dead letters to {}", self.topic),
+            source,
+        })
     }
 }

@@ -8,9 +8,9 @@ use std::marker::PhantomData;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, PoisonError, RwLock};
 
+use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::schema::ResolvedSchema;
 use apache_avro::schema_compatibility::SchemaCompatibility;
-use apache_avro::reader::datum::GenericDatumReader;
 use apache_avro::{GenericSingleObjectReader, Schema};
 
 use super::{
@@ -299,7 +299,8 @@ mod tests {
 
     #[test]
     fn json_uses_the_avro_field_names_and_symbols() {
-        let json: serde_json::Value = serde_json::from_slice(&encode(WireFormat::Json, &fixtures::flow())).expect("json");
+        let json: serde_json::Value =
+            serde_json::from_slice(&encode(WireFormat::Json, &fixtures::flow())).expect("json");
         assert_eq!(json["conn_state"], "SF");
         assert_eq!(json["src_meta"]["labels"]["app"], "web");
         let json: serde_json::Value =
@@ -342,9 +343,15 @@ mod tests {
         let decoder = decoder::<Flow>();
         for format in [WireFormat::AvroSingleObject, WireFormat::AvroConfluent] {
             let bytes = encode(format, &fixtures::flow());
-            let header = if format == WireFormat::AvroConfluent { CONFLUENT_HEADER_LEN } else { SINGLE_OBJECT_HEADER_LEN };
+            let header =
+                if format == WireFormat::AvroConfluent { CONFLUENT_HEADER_LEN } else { SINGLE_OBJECT_HEADER_LEN };
             for len in header..bytes.len() {
-                assert_eq!(error_kind(&decoder, &bytes[..len]), "truncated_datum", "{format}, {len} of {} bytes", bytes.len());
+                assert_eq!(
+                    error_kind(&decoder, &bytes[..len]),
+                    "truncated_datum",
+                    "{format}, {len} of {} bytes",
+                    bytes.len()
+                );
             }
         }
     }
@@ -374,7 +381,9 @@ mod tests {
         let mut bytes = vec![0xC3, 0x01];
         bytes.extend_from_slice(&Flow::fingerprint().to_le_bytes());
         // A sensor_id of length 3, a start_ms, then an end_ms varint longer than a 64-bit one can be.
-        bytes.extend_from_slice(&[0x06, b'a', b'b', b'c', 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01]);
+        bytes.extend_from_slice(&[
+            0x06, b'a', b'b', b'c', 0x02, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ]);
         assert_eq!(error_kind(&decoder, &bytes), "malformed_avro");
     }
 
@@ -604,9 +613,8 @@ mod tests {
     #[test]
     #[ignore = "a measurement, not a check; run in release"]
     fn decode_throughput() {
-        let flows: Vec<Flow> = (0..1_000)
-            .map(|i| Flow { src_port: i, bytes_out: i64::from(i) * 1_000, ..fixtures::flow() })
-            .collect();
+        let flows: Vec<Flow> =
+            (0..1_000).map(|i| Flow { src_port: i, bytes_out: i64::from(i) * 1_000, ..fixtures::flow() }).collect();
         let decoder = &*FLOW_DECODER;
         let mut old_messages = Vec::new();
         for flow in &flows {

@@ -86,10 +86,7 @@ impl<T: Record> Encoder<T> {
             }
             (WireFormat::AvroConfluent, None) => return Err(EncodeError::MissingSchemaId { schema: T::NAME }),
         }
-        self.writer
-            .write_ser(out, record)
-            .map(drop)
-            .map_err(|source| EncodeError::Avro { schema: T::NAME, source })
+        self.writer.write_ser(out, record).map(drop).map_err(|source| EncodeError::Avro { schema: T::NAME, source })
     }
 }
 

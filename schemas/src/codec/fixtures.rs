@@ -123,15 +123,8 @@ fn endpoint_meta_strategy() -> impl Strategy<Value = EndpointMeta> {
         (text(), text(), text()),
         prop::collection::btree_map(any::<String>(), any::<String>(), 0..4),
     )
-        .prop_map(|((namespace, workload, workload_kind, pod), (node, image, image_digest), labels)| EndpointMeta {
-            namespace,
-            workload,
-            workload_kind,
-            pod,
-            node,
-            image,
-            image_digest,
-            labels,
+        .prop_map(|((namespace, workload, workload_kind, pod), (node, image, image_digest), labels)| {
+            EndpointMeta { namespace, workload, workload_kind, pod, node, image, image_digest, labels }
         })
 }
 

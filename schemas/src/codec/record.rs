@@ -104,11 +104,9 @@ mod tests {
 
     #[test]
     fn schema_files_parse_and_carry_the_record_names() {
-        for (schema, name) in [
-            (Flow::schema(), Flow::NAME),
-            (Alert::schema(), Alert::NAME),
-            (GraphEdge::schema(), GraphEdge::NAME),
-        ] {
+        for (schema, name) in
+            [(Flow::schema(), Flow::NAME), (Alert::schema(), Alert::NAME), (GraphEdge::schema(), GraphEdge::NAME)]
+        {
             let full_name = schema.name().map(|n| n.fullname(None));
             assert_eq!(full_name.as_deref(), Some(name));
         }
@@ -214,7 +212,11 @@ mod tests {
                 }
             }
         }
-        assert!(mismatches.is_empty(), "docs differ between the .avsc files and the Rust types:\n{}", mismatches.join("\n"));
+        assert!(
+            mismatches.is_empty(),
+            "docs differ between the .avsc files and the Rust types:\n{}",
+            mismatches.join("\n")
+        );
     }
 
     /// Changing a schema's canonical form (names, types, order; not docs or defaults) changes its

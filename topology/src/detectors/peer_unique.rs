@@ -41,9 +41,8 @@ pub fn peer_unique_destinations<'s>(
     let contacts = edges.map(|edge| (edge.src.entity.clone(), edge.dst.node().to_owned())).distinct();
 
     // ((group, destination), member) for every member of a group that touches the destination.
-    let group_contacts = contacts
-        .join(members.clone())
-        .map(|(entity, (destination, group))| ((group, destination), entity));
+    let group_contacts =
+        contacts.join(members.clone()).map(|(entity, (destination, group))| ((group, destination), entity));
 
     // (group, destination) touched by exactly one member.
     let unique = group_contacts
@@ -70,7 +69,10 @@ fn finding(member: String, destination: String, group: String, size: isize) -> F
     Finding {
         alert_id: alert_id(DETECTOR, &member, &destination),
         detector: DETECTOR.to_owned(),
-        summary: format!("{member} talks to {destination}, which none of the other {} members of {group} touch", size - 1),
+        summary: format!(
+            "{member} talks to {destination}, which none of the other {} members of {group} touch",
+            size - 1
+        ),
         evidence: vec![
             ("destination".to_owned(), destination.clone()),
             ("group_size".to_owned(), size.to_string()),
@@ -92,7 +94,9 @@ mod tests {
 
     fn detect(updates: Vec<(Edge, Epoch, isize)>, until: Epoch) -> Vec<(String, String)> {
         let config = PeerUniqueConfig::default();
-        let out = run_collection(updates, until, move |edges| peer_unique_destinations(&config, edges.clone(), membership(edges)));
+        let out = run_collection(updates, until, move |edges| {
+            peer_unique_destinations(&config, edges.clone(), membership(edges))
+        });
         let mut found: Vec<_> = out.into_iter().map(|(f, _)| (f.entity, f.key)).collect();
         found.sort();
         found
