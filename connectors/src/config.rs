@@ -27,8 +27,8 @@ pub struct ConnectConfig {
     /// Longest time the first message of a batch waits before the batch is delivered, full or not.
     #[serde(with = "humantime_serde")]
     pub batch_timeout: Duration,
-    /// Stop once no message has arrived for this long (for tests and one-shot runs); unset: run until
-    /// shut down.
+    /// Stop once no message has arrived for this long (for tests and one-shot runs), counted from the
+    /// consumer getting its partitions, so a slow group join does not count; unset: run until shut down.
     #[serde(with = "humantime_serde")]
     pub idle_exit: Option<Duration>,
     /// How a failing sink is retried before the batch is given up on (and not committed).
@@ -69,22 +69,22 @@ impl ConnectConfig {
             return invalid("no sink configured: set connect.console = true or connect.file".into());
         }
         self.retry.validate().map_err(|reason| ConnectError::Config { reason: format!("connect.{reason}") })?;
-        for (_, validation) in self.sink_configs() {
+        for validation in self.sink_validations() {
             validation.map_err(|reason| ConnectError::Config { reason: format!("connect.{reason}") })?;
         }
         Ok(())
     }
 
-    /// Each configured sink's name and its settings' validation.
-    fn sink_configs(&self) -> Vec<(&'static str, Result<(), String>)> {
-        let mut sinks = Vec::new();
+    /// Each configured sink's validation.
+    fn sink_validations(&self) -> Vec<Result<(), String>> {
+        let mut validations = Vec::new();
         if self.console {
-            sinks.push(("console", ConsoleSinkConfig::default().validate()));
+            validations.push(ConsoleSinkConfig::default().validate());
         }
         if let Some(path) = &self.file {
-            sinks.push(("file", FileSinkConfig { path: path.clone() }.validate()));
+            validations.push(FileSinkConfig { path: path.clone() }.validate());
         }
-        sinks
+        validations
     }
 
     /// Validates the configuration and builds every configured sink, console first.

@@ -8,12 +8,15 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use peergraph_schemas::codec::Decoder;
 use peergraph_schemas::Alert;
-use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
-use rdkafka::{ClientConfig, Message, Offset, TopicPartitionList};
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
+use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::ConnectConfig;
-use crate::delivery::{check_sinks, deliver_batches, AlertSource, ConnectReport, OffsetCommitter, SourceMessage};
+use crate::delivery::{
+    check_sinks, deliver_batches, AlertSource, ConnectReport, OffsetCommitter, SourceEvent, SourceMessage,
+};
 use crate::error::ConnectError;
 
 /// Delivers the alerts on `topic` to the sinks `config` names until `shutdown` completes (or
@@ -46,16 +49,18 @@ pub async fn run(
             // A new group must not silently skip the alerts already on the topic.
             client.set("auto.offset.reset", "earliest");
         }
-        let consumer: StreamConsumer = client
-            .create()
+        let (assigned, assignments) = mpsc::unbounded_channel();
+        let consumer: StreamConsumer<GroupContext> = client
+            .create_with_context(GroupContext { assigned })
             .map_err(|source| ConnectError::Kafka { context: "create the alerts consumer".into(), source })?;
         consumer
             .subscribe(&[topic])
             .map_err(|source| ConnectError::Kafka { context: format!("subscribe to topic {topic}"), source })?;
-        tracing::info!(sinks = ?sinks.iter().map(|sink| sink.name().to_owned()).collect::<Vec<_>>(), "consuming alerts");
+        let sink_names: Vec<&str> = sinks.iter().map(|sink| sink.name()).collect();
+        tracing::info!(sinks = ?sink_names, "consuming alerts");
 
         let consumer = Arc::new(consumer);
-        let mut source = KafkaSource { consumer: Arc::clone(&consumer) };
+        let mut source = KafkaSource { consumer: Arc::clone(&consumer), assignments };
         let mut committer = KafkaCommitter { consumer, topic: topic.to_owned() };
         let decoder = Decoder::<Alert>::default();
         deliver_batches(&mut source, &mut committer, &mut sinks, &decoder, config, shutdown).await
@@ -64,32 +69,60 @@ pub async fn run(
     .await
 }
 
+/// Logs rebalances and tells the source when partitions were assigned.
+struct GroupContext {
+    assigned: mpsc::UnboundedSender<()>,
+}
+
+impl ClientContext for GroupContext {}
+
+impl ConsumerContext for GroupContext {
+    fn post_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(partitions) => {
+                tracing::info!(partitions = partitions.count(), "partitions assigned");
+                // The receiver lives as long as the consumer; a send can only fail during teardown.
+                let _ = self.assigned.send(());
+            }
+            // A batch still in flight for a revoked partition is delivered and its commit may be
+            // refused: the partition's new owner then delivers it again (at least once).
+            Rebalance::Revoke(partitions) => tracing::info!(partitions = partitions.count(), "partitions revoked"),
+            Rebalance::Error(error) => tracing::warn!(%error, "rebalance failed"),
+        }
+    }
+}
+
 struct KafkaSource {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
+    assignments: mpsc::UnboundedReceiver<()>,
 }
 
 #[async_trait]
 impl AlertSource for KafkaSource {
-    async fn next_message(&mut self) -> Option<SourceMessage> {
+    async fn next_event(&mut self) -> Option<SourceEvent> {
         loop {
-            // `StreamConsumer::recv` is cancellation safe.
-            match self.consumer.recv().await {
-                Ok(message) => {
-                    return Some(SourceMessage {
-                        partition: message.partition(),
-                        offset: message.offset(),
-                        payload: message.payload().map(<[u8]>::to_vec),
-                    })
-                }
-                // librdkafka reconnects and retries by itself; its errors here are reports, not the end.
-                Err(error) => tracing::warn!(%error, "the alerts consumer reported an error"),
+            // Both receivers are cancellation safe.
+            tokio::select! {
+                biased;
+                Some(()) = self.assignments.recv() => return Some(SourceEvent::Assigned),
+                received = self.consumer.recv() => match received {
+                    Ok(message) => {
+                        return Some(SourceEvent::Message(SourceMessage {
+                            partition: message.partition(),
+                            offset: message.offset(),
+                            payload: message.payload().map(<[u8]>::to_vec),
+                        }))
+                    }
+                    // librdkafka reconnects and retries by itself; its errors here are reports, not the end.
+                    Err(error) => tracing::warn!(%error, "the alerts consumer reported an error"),
+                },
             }
         }
     }
 }
 
 struct KafkaCommitter {
-    consumer: Arc<StreamConsumer>,
+    consumer: Arc<StreamConsumer<GroupContext>>,
     topic: String,
 }
 
@@ -129,6 +162,14 @@ mod tests {
         let config = ConnectConfig::default();
         let running = run(ClientConfig::new(), "peergraph.alerts", &config, std::future::pending());
         assert_send(&running);
+    }
+
+    #[test]
+    fn errors_and_reports_cross_threads_and_convert_to_boxed_errors() {
+        fn assert_error<E: std::error::Error + Send + Sync + 'static>() {}
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_error::<ConnectError>();
+        assert_send_sync::<ConnectReport>();
     }
 
     fn alert(id: &str, event: AlertEvent) -> Alert {
@@ -176,8 +217,8 @@ mod tests {
             console: false,
             file: Some(path.clone()),
             batch_timeout: Duration::from_millis(100),
-            // Joining a new group takes the mock coordinator a few seconds.
-            idle_exit: Some(Duration::from_secs(8)),
+            // Counted from the partition assignment, however long the group takes to form.
+            idle_exit: Some(Duration::from_secs(1)),
             ..ConnectConfig::default()
         };
         let mut client = ClientConfig::new();

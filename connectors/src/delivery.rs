@@ -10,6 +10,7 @@ use async_trait::async_trait;
 use peergraph_schemas::codec::{DecodeError, Decoder};
 use peergraph_schemas::{Alert, AlertEvent};
 use tokio::time::{sleep_until, Instant};
+use tracing::Instrument;
 
 use crate::config::ConnectConfig;
 use crate::error::ConnectError;
@@ -25,18 +26,28 @@ pub(crate) struct SourceMessage {
     pub payload: Option<Vec<u8>>,
 }
 
+/// What a source reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum SourceEvent {
+    /// A message to decode and deliver.
+    Message(SourceMessage),
+    /// The source got partitions to read (a consumer-group assignment): from here on, silence means
+    /// the topic is idle rather than that the group is still forming.
+    Assigned,
+}
+
 /// Where messages come from: the Kafka consumer, or a channel in tests.
 #[async_trait]
 pub(crate) trait AlertSource: Send {
-    /// The next message, or `None` once the source has ended. Must be cancellation safe: a call that is
-    /// dropped before it completes loses no message.
-    async fn next_message(&mut self) -> Option<SourceMessage>;
+    /// The next event, or `None` once the source has ended. Must be cancellation safe: a call that is
+    /// dropped before it completes loses nothing.
+    async fn next_event(&mut self) -> Option<SourceEvent>;
 }
 
 #[async_trait]
 impl AlertSource for tokio::sync::mpsc::Receiver<SourceMessage> {
-    async fn next_message(&mut self) -> Option<SourceMessage> {
-        self.recv().await
+    async fn next_event(&mut self) -> Option<SourceEvent> {
+        self.recv().await.map(SourceEvent::Message)
     }
 }
 
@@ -140,8 +151,8 @@ pub(crate) async fn check_sinks(sinks: &mut [Box<dyn Sink>], retry: &RetryConfig
         loop {
             match sink.health_check().await {
                 Ok(()) => break,
-                Err(error) => attempts.failed(error).await.map_err(|GaveUp { error, attempts }| {
-                    ConnectError::HealthCheck { sink: name.clone(), attempts, source: error }
+                Err(error) => attempts.failed(error).await.map_err(|GaveUp { error, attempts: made }| {
+                    ConnectError::HealthCheck { sink: name.clone(), attempts: made, source: error }
                 })?,
             }
         }
@@ -151,10 +162,11 @@ pub(crate) async fn check_sinks(sinks: &mut [Box<dyn Sink>], retry: &RetryConfig
 }
 
 /// Consumes `source` until it ends, `shutdown` completes or `config.idle_exit` passes without a
-/// message: decodes, batches, delivers each batch to every sink and then commits it. On the way out
-/// the in-flight batch is delivered and committed, and the sinks are closed. When a sink gives up on
-/// a batch, or a schema cannot be looked up, nothing more is committed and the error is returned
-/// (after closing the sinks).
+/// message (counted from the source's first event): decodes, batches, delivers each batch to every
+/// sink and then commits it. On the way out the in-flight batch is delivered and committed, and the
+/// sinks are closed. When a sink gives up on a batch, or a schema cannot be looked up, nothing more is
+/// committed and the error is returned (after closing the sinks). A shutdown that arrives while a
+/// batch is being retried waits for that batch: retries are bounded by `config.retry`.
 pub(crate) async fn deliver_batches(
     source: &mut impl AlertSource,
     committer: &mut impl OffsetCommitter,
@@ -167,11 +179,12 @@ pub(crate) async fn deliver_batches(
     let mut report = ConnectReport::default();
     let mut batch = Batch::default();
     let mut skip_log = SkipLog::default();
-    let mut last_message = Instant::now();
+    // The idle clock starts at the first sign of a live source, so a slow group join is not idleness.
+    let mut last_activity: Option<Instant> = None;
 
     let consumed: Result<(), ConnectError> = loop {
         let batch_deadline = batch.opened.map(|opened| opened + config.batch_timeout);
-        let idle_deadline = config.idle_exit.map(|idle| last_message + idle);
+        let idle_deadline = config.idle_exit.zip(last_activity).map(|(idle, last)| last + idle);
         tokio::select! {
             // Shutdown first, then an expired batch: neither may starve behind a busy topic.
             biased;
@@ -188,12 +201,16 @@ pub(crate) async fn deliver_batches(
                 tracing::info!(idle_exit = ?config.idle_exit, "no message for idle_exit; stopping");
                 break Ok(());
             }
-            message = source.next_message() => {
-                let Some(SourceMessage { partition, offset, payload }) = message else {
-                    tracing::info!("the alert source ended");
-                    break Ok(());
+            event = source.next_event() => {
+                last_activity = Some(Instant::now());
+                let SourceMessage { partition, offset, payload } = match event {
+                    Some(SourceEvent::Message(message)) => message,
+                    Some(SourceEvent::Assigned) => continue,
+                    None => {
+                        tracing::info!("the alert source ended");
+                        break Ok(());
+                    }
                 };
-                last_message = Instant::now();
                 match decoder.decode(payload.as_deref().unwrap_or_default()) {
                     Ok(alert) => batch.alerts.push(alert),
                     Err(error @ DecodeError::SchemaLookup { .. }) => {
@@ -263,14 +280,16 @@ async fn deliver_and_commit(
             let name = sink.name().to_owned();
             let mut attempts = Attempts::new(&config.retry, &name, "deliver");
             loop {
-                match sink.deliver(&batch.alerts).await {
+                let alerts = batch.alerts.len();
+                let span = tracing::debug_span!("deliver", sink = %name, alerts, attempt = attempts.made());
+                match sink.deliver(&batch.alerts).instrument(span).await {
                     Ok(()) => break,
                     Err(error) => {
-                        if let Err(GaveUp { error, attempts }) = attempts.failed(error).await {
-                            report.retries += u64::from(attempts - 1);
+                        if let Err(GaveUp { error, attempts: made }) = attempts.failed(error).await {
+                            report.retries += u64::from(made - 1);
                             return Err(ConnectError::Delivery {
                                 sink: name.clone(),
-                                attempts,
+                                attempts: made,
                                 alerts: batch.alerts.len(),
                                 source: error,
                             });
@@ -289,7 +308,8 @@ async fn deliver_and_commit(
         }
         Err(error) => {
             report.commit_failures += 1;
-            tracing::warn!(positions = ?batch.positions, %error, "committing a delivered batch failed; it may be delivered again");
+            let positions = &batch.positions;
+            tracing::warn!(?positions, %error, "committing a delivered batch failed; it may be delivered again");
         }
     }
     *batch = Batch::default();

@@ -69,7 +69,7 @@ impl RetryConfig {
 /// A loop around the call, rather than a function taking the call as a closure: a closure that lends
 /// out the sink anew on every attempt cannot be expressed so that the future stays `Send`.
 ///
-/// ```ignore
+/// ```text
 /// let mut attempts = Attempts::new(&config.retry, sink.name(), "deliver");
 /// loop {
 ///     match sink.deliver(batch).await {

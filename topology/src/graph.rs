@@ -51,7 +51,7 @@ mod tests {
             (edge("pod:shop/web-1", Some("web"), "host:10.0.0.9", None, 5432), 1000, 1),
             (edge("pod:shop/web-2", Some("web"), "host:10.0.0.9", None, 5432), 1000, 2),
         ];
-        let out = run_collection(updates, 2000, |edges| workload_graph(edges));
+        let out = run_collection(updates, 2000, workload_graph);
         assert_eq!(out.len(), 1, "{out:?}");
         let (e, v) = &out[0];
         assert_eq!((e.src.as_str(), e.dst.as_str()), ("web", "host:10.0.0.9"));

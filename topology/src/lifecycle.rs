@@ -32,6 +32,9 @@ pub struct LifecycleConfig {
     pub learning_period: Option<Duration>,
 }
 
+/// The finding updates of one epoch not yet closed, with the capability to emit its events.
+type PendingEpoch = (Capability<Epoch>, Vec<(Finding, isize)>);
+
 /// An alert whose finding holds.
 struct OpenAlert {
     /// The findings with this alert id and their multiplicities (one, unless a detector emits
@@ -92,7 +95,7 @@ pub fn alert_lifecycle<'s>(
         Pipeline,
         "AlertLifecycle",
         move |initial, _info| {
-            let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<(Finding, isize)>)> = BTreeMap::new();
+            let mut pending: BTreeMap<Epoch, PendingEpoch> = BTreeMap::new();
             let mut state = Lifecycle::default();
             // Held, following the input frontier, until the silent period ends: the alerts still
             // open then are raised under it.

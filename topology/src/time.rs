@@ -50,7 +50,7 @@ impl TimeConfig {
             return Err(TimeConfigError::ZeroTick);
         }
         let window_ms = self.window_ms();
-        if window_ms == 0 || window_ms % tick_ms != 0 {
+        if window_ms == 0 || !window_ms.is_multiple_of(tick_ms) {
             return Err(TimeConfigError::Window { window_ms, tick_ms });
         }
         Ok(())
