@@ -180,11 +180,11 @@ impl Environment {
         let suffix = |rng: &mut ChaCha8Rng| -> String {
             (0..5).map(|_| char::from(b"bcdfghjklmnpqrstvwxz2456789"[rng.random_range(0..27)])).collect()
         };
-        let clients = (0..config.clients).map(|i| Node::host(format!("10.20.{}.{}", i / 250, 10 + i % 250))).collect();
+        let clients = (0..config.clients).map(|i| Node::host(format!("10.20.{}.{}", i / 240, 10 + i % 240))).collect();
         let web: Vec<Node> = (0..config.web_replicas)
             .map(|i| {
                 let pod = format!("web-6d4cf56db6-{}", suffix(&mut rng));
-                Node::pod(format!("10.1.{}.{}", i / 250, 11 + i % 250), "shop", "web", "Deployment", pod, WEB_IMAGE)
+                Node::pod(format!("10.1.{}.{}", i / 240, 11 + i % 240), "shop", "web", "Deployment", pod, WEB_IMAGE)
             })
             .collect();
         let db = Node::pod("10.1.8.50".into(), "shop", "db", "StatefulSet", "db-0".into(), "postgres:16.4");
@@ -452,10 +452,12 @@ mod tests {
     #[test]
     fn every_flow_is_valid() {
         let config = SimulateConfig {
+            clients: 1_000,
+            web_replicas: 300,
             swap: Some(SwapConfig { at: Duration::ZERO, ..SwapConfig::default() }),
             ..SimulateConfig::default()
         };
-        for flow in flows(&config, 20) {
+        for flow in flows(&config, 3) {
             flow.validate().unwrap();
             assert!(flow.end_ms <= 20_000 && flow.end_ms > 0);
         }
