@@ -3,16 +3,17 @@
 //! watermarks, produces alerts, and commits offsets behind the output frontier.
 
 use std::cell::{Cell, RefCell};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+use differential_dataflow::input::InputSession;
 use peergraph_schemas::codec::{Decoder, Encoder};
 use peergraph_schemas::{Alert, Flow};
-use peergraph_topology::{build, Edge, Epoch, Volume};
+use peergraph_topology::{build, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
 use timely::communication::Config as CommunicationConfig;
@@ -44,6 +45,57 @@ struct Announcement {
     worker: usize,
     watermark: Epoch,
     finished_at: Option<Epoch>,
+}
+
+/// The worker's handles on the dataflow's inputs, advanced together.
+struct Feeds {
+    contacts: InputSession<Epoch, (Edge, Epoch), Volume>,
+    indicators: InputSession<Epoch, Indicator, isize>,
+    history: InputSession<Epoch, (WorkloadEdge, Epoch), isize>,
+    /// Workload edges this worker already put into the history for a coarse epoch; only the
+    /// current and the previous coarse epochs are kept.
+    remembered: BTreeMap<Epoch, HashSet<WorkloadEdge>>,
+}
+
+impl Feeds {
+    fn time(&self) -> Epoch {
+        *self.contacts.time()
+    }
+
+    /// Hands one pre-aggregated batch to the dataflow: each (edge, epoch) enters at its epoch and
+    /// leaves one window later; each workload edge enters the history once per coarse epoch.
+    /// Returns the number of contact updates.
+    fn window(&mut self, batch: &mut EdgeBatch, time: &TimeConfig) -> u64 {
+        let window = time.window_ms();
+        let updates = batch.len() as u64 * 2;
+        for ((edge, epoch), volume) in batch.drain() {
+            let coarse = time.history_epoch_of(epoch);
+            let workload_edge = WorkloadEdge::from(&edge);
+            if self.remembered.entry(coarse).or_default().insert(workload_edge.clone()) {
+                self.history.update_at((workload_edge.clone(), coarse), coarse, 1);
+                self.history.update_at((workload_edge, coarse), coarse + time.history_ttl_ms(), -1);
+            }
+            self.contacts.update_at((edge.clone(), epoch), epoch + window, volume.negated());
+            self.contacts.update_at((edge, epoch), epoch, volume);
+        }
+        if let Some(&newest) = self.remembered.keys().next_back() {
+            let keep_from = newest.saturating_sub(time.history_tick.as_millis() as u64);
+            self.remembered.retain(|coarse, _| *coarse >= keep_from);
+        }
+        updates
+    }
+
+    fn advance_to(&mut self, time: Epoch) {
+        self.contacts.advance_to(time);
+        self.indicators.advance_to(time);
+        self.history.advance_to(time);
+    }
+
+    fn flush(&mut self) {
+        self.contacts.flush();
+        self.indicators.flush();
+        self.history.flush();
+    }
 }
 
 /// Runs the pipeline until `shutdown` is set (or, with `run.stop_at_end`, until every partition
@@ -133,10 +185,12 @@ fn run_worker(
 
     let topology = config.topology();
     let dataflow_index = worker.next_dataflow_index();
-    let (mut edges_in, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+    let (mut feeds, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
-        let (edges_in, edges) = scope.new_collection::<Edge, Volume>();
-        let outputs = build(&topology, edges);
+        let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
+        let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
+        let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
+        let outputs = build(&topology, Inputs { contacts, indicators, history });
         let (probe, _) = produce_alerts(outputs.alerts, sink).probe();
 
         let (announce_in, announcements) = scope.new_input::<Vec<Announcement>>();
@@ -151,10 +205,15 @@ fn run_worker(
                 }
             });
         });
-        (edges_in, announce_in, probe)
+        let feeds = Feeds {
+            contacts: contacts_in,
+            indicators: indicators_in,
+            history: history_in,
+            remembered: BTreeMap::new(),
+        };
+        (feeds, announce_in, probe)
     });
 
-    let window = config.time.window_ms();
     let tick = config.time.tick_ms();
     let mut batch = EdgeBatch::new();
     let mut report = RunReport::default();
@@ -169,28 +228,24 @@ fn run_worker(
             return Err(error.into());
         }
 
-        let floor = *edges_in.time();
+        let floor = feeds.time();
         let read = source.poll(&mut batch, floor)?;
         report.messages += read as u64;
-        let updates = batch.len() as u64 * 2;
-        for ((edge, epoch), volume) in batch.drain() {
-            edges_in.update_at(edge.clone(), epoch + window, volume.negated());
-            edges_in.update_at(edge, epoch, volume);
-        }
+        let updates = feeds.window(&mut batch, &config.time);
         report.edge_updates += updates;
         metrics.edge_updates.inc_by(updates);
 
         let watermark = source.watermark(Instant::now(), announced.get());
         if watermark > floor {
-            edges_in.advance_to(watermark);
+            feeds.advance_to(watermark);
             announce_in.send(Announcement { worker: index, watermark, finished_at: None });
             announce_in.advance_to(watermark);
         }
-        edges_in.flush();
+        feeds.flush();
 
         if config.run.stop_at_end && !announced_finish && source.at_end() {
             let end = source.max_epoch().map_or(0, |e| e + tick);
-            announce_in.send(Announcement { worker: index, watermark: *edges_in.time(), finished_at: Some(end) });
+            announce_in.send(Announcement { worker: index, watermark: feeds.time(), finished_at: Some(end) });
             announce_in.flush();
             announced_finish = true;
         }
@@ -215,9 +270,9 @@ fn run_worker(
             // Everyone has read everything: close the epochs up to the last record anywhere,
             // then stop without processing the window's retractions beyond it.
             let end = finished.borrow().values().copied().max().unwrap_or(0);
-            if *edges_in.time() < end {
-                edges_in.advance_to(end);
-                edges_in.flush();
+            if feeds.time() < end {
+                feeds.advance_to(end);
+                feeds.flush();
                 announce_in.advance_to(end);
             }
             if !probe.less_than(&end) {

@@ -28,16 +28,22 @@ pub struct WorkloadEdge {
     pub protocol: u8,
 }
 
+impl From<&Edge> for WorkloadEdge {
+    fn from(edge: &Edge) -> WorkloadEdge {
+        WorkloadEdge {
+            src: edge.src.node().to_owned(),
+            dst: edge.dst.node().to_owned(),
+            dst_port: edge.dst_port,
+            protocol: edge.protocol,
+        }
+    }
+}
+
 /// The windowed service graph at workload level, with the summed volume of its entity edges.
 pub fn workload_graph<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
 ) -> VecCollection<'s, Epoch, WorkloadEdge, Volume> {
-    edges.map(|edge| WorkloadEdge {
-        src: edge.src.node().to_owned(),
-        dst: edge.dst.node().to_owned(),
-        dst_port: edge.dst_port,
-        protocol: edge.protocol,
-    })
+    edges.map(|edge| WorkloadEdge::from(&edge))
 }
 
 #[cfg(test)]
@@ -51,7 +57,7 @@ mod tests {
             (edge("pod:shop/web-1", Some("web"), "host:10.0.0.9", None, 5432), 1000, 1),
             (edge("pod:shop/web-2", Some("web"), "host:10.0.0.9", None, 5432), 1000, 2),
         ];
-        let out = run_collection(updates, 2000, workload_graph);
+        let out = run_collection(updates, 2000, |contacts| workload_graph(contacts.map(|(edge, _)| edge)));
         assert_eq!(out.len(), 1, "{out:?}");
         let (e, v) = &out[0];
         assert_eq!((e.src.as_str(), e.dst.as_str()), ("web", "host:10.0.0.9"));

@@ -14,10 +14,10 @@ pub mod volume;
 #[cfg(test)]
 mod testing;
 
-pub use detectors::{DetectorsConfig, Finding};
+pub use detectors::{DetectorInputs, DetectorsConfig, Finding, Indicator};
 pub use entity::{Endpoint, EntityResolver, ResolverConfig};
 pub use graph::{Edge, WorkloadEdge};
 pub use lifecycle::LifecycleConfig;
 pub use time::{Epoch, TimeConfig};
-pub use topology::{build, Outputs, TopologyConfig};
+pub use topology::{build, Inputs, Outputs, TopologyConfig};
 pub use volume::Volume;

@@ -9,6 +9,7 @@ use differential_dataflow::difference::Semigroup;
 use differential_dataflow::input::Input;
 use differential_dataflow::VecCollection;
 
+use crate::detectors::DetectorInputs;
 use crate::entity::Endpoint;
 use crate::graph::Edge;
 use crate::time::Epoch;
@@ -23,19 +24,35 @@ pub fn edge(src: &str, src_workload: Option<&str>, dst: &str, dst_workload: Opti
     }
 }
 
-/// Feeds `updates` (edge, time, flows) into `logic` and returns the output collection as it is at
-/// `until`, consolidated.
+/// Detector inputs derived from `contacts` alone (no indicators, no history).
+pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>) -> DetectorInputs<'s> {
+    let edges = contacts.clone().map(|(edge, _)| edge);
+    let scope = contacts.scope();
+    DetectorInputs {
+        members: crate::peers::membership(edges.clone()),
+        edges,
+        contacts,
+        indicators: differential_dataflow::collection::concatenate(scope, Vec::new()),
+        history: differential_dataflow::collection::concatenate(scope, Vec::new()),
+    }
+}
+
+/// Feeds `updates` (edge, time, flows) as contacts at their time into `logic` and returns the
+/// output collection as it is at `until`, consolidated.
 pub fn run_collection<D, R, F>(updates: Vec<(Edge, Epoch, isize)>, until: Epoch, logic: F) -> Vec<(D, R)>
 where
     D: differential_dataflow::ExchangeData + Send,
     R: differential_dataflow::ExchangeData + Semigroup + Send,
-    F: for<'s> FnOnce(VecCollection<'s, Epoch, Edge, Volume>) -> VecCollection<'s, Epoch, D, R> + Send + Sync + 'static,
+    F: for<'s> FnOnce(VecCollection<'s, Epoch, (Edge, Epoch), Volume>) -> VecCollection<'s, Epoch, D, R>
+        + Send
+        + Sync
+        + 'static,
 {
     timely::execute_directly(move |worker| {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let sink = seen.clone();
         let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-            let (input, edges) = scope.new_collection::<Edge, Volume>();
+            let (input, edges) = scope.new_collection::<(Edge, Epoch), Volume>();
             let (probe, _) = logic(edges).inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
             (input, probe)
         });
@@ -43,7 +60,7 @@ where
         updates.sort_by_key(|(_, time, _)| *time);
         for (edge, time, flows) in updates {
             let volume = Volume { flows: flows as i64, bytes_out: 100 * flows as i64, ..Volume::default() };
-            input.update_at(edge, time, volume);
+            input.update_at((edge, time), time, volume);
         }
         input.advance_to(until);
         input.flush();

@@ -22,6 +22,12 @@ pub struct TimeConfig {
     /// How far behind its partition's newest record a record may be and still count (e.g. "5s").
     #[serde(with = "humantime_serde")]
     pub allowed_lateness: Duration,
+    /// Granularity of the long-horizon history of workload edges (e.g. "1h").
+    #[serde(with = "humantime_serde")]
+    pub history_tick: Duration,
+    /// How long the history remembers an edge after it was last seen (e.g. "7d").
+    #[serde(with = "humantime_serde")]
+    pub history_ttl: Duration,
 }
 
 impl Default for TimeConfig {
@@ -30,6 +36,8 @@ impl Default for TimeConfig {
             tick: Duration::from_secs(1),
             window: Duration::from_secs(300),
             allowed_lateness: Duration::from_secs(5),
+            history_tick: Duration::from_secs(3600),
+            history_ttl: Duration::from_secs(7 * 24 * 3600),
         }
     }
 }
@@ -41,6 +49,8 @@ pub enum TimeConfigError {
     ZeroTick,
     #[error("time.window ({window_ms} ms) must be a positive multiple of time.tick ({tick_ms} ms)")]
     Window { window_ms: u64, tick_ms: u64 },
+    #[error("time.history_tick ({history_tick_ms} ms) must be a positive multiple of time.tick, and time.history_ttl a positive multiple of it")]
+    History { history_tick_ms: u64 },
 }
 
 impl TimeConfig {
@@ -53,6 +63,15 @@ impl TimeConfig {
         if window_ms == 0 || !window_ms.is_multiple_of(tick_ms) {
             return Err(TimeConfigError::Window { window_ms, tick_ms });
         }
+        let history_tick_ms = self.history_tick.as_millis() as u64;
+        let history_ttl_ms = self.history_ttl.as_millis() as u64;
+        if history_tick_ms == 0
+            || !history_tick_ms.is_multiple_of(tick_ms)
+            || history_ttl_ms == 0
+            || !history_ttl_ms.is_multiple_of(history_tick_ms)
+        {
+            return Err(TimeConfigError::History { history_tick_ms });
+        }
         Ok(())
     }
 
@@ -62,6 +81,16 @@ impl TimeConfig {
 
     pub fn window_ms(&self) -> u64 {
         self.window.as_millis() as u64
+    }
+
+    /// The coarse history epoch of a fine epoch: rounded up to the history tick.
+    pub fn history_epoch_of(&self, epoch: Epoch) -> Epoch {
+        let tick = (self.history_tick.as_millis() as u64).max(1);
+        epoch.div_ceil(tick).saturating_mul(tick)
+    }
+
+    pub fn history_ttl_ms(&self) -> u64 {
+        self.history_ttl.as_millis() as u64
     }
 
     /// Allowed lateness rounded up to whole ticks, in ms.

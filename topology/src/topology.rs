@@ -6,7 +6,7 @@ use peergraph_schemas::Alert;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
-use crate::detectors::{findings, DetectorsConfig, Finding};
+use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
 use crate::graph::{workload_graph, Edge, WorkloadEdge};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig};
@@ -24,6 +24,18 @@ pub struct TopologyConfig {
     pub lifecycle: LifecycleConfig,
 }
 
+/// The dataflow's inputs, fed by the pipeline (or a test).
+pub struct Inputs<'s> {
+    /// Each flow's resolved edge with its epoch: +volume at the epoch, −volume at epoch + window.
+    /// Flows of one poll batch with the same edge and epoch arrive as one update.
+    pub contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
+    /// Threat-intel indicators, +1 when listed and −1 when withdrawn.
+    pub indicators: VecCollection<'s, Epoch, Indicator>,
+    /// Workload edges at coarse epochs, +1 when first seen in a coarse tick and −1 when the history
+    /// forgets them.
+    pub history: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
+}
+
 /// The dataflow's outputs.
 pub struct Outputs<'s> {
     /// The windowed workload-level service graph.
@@ -34,13 +46,19 @@ pub struct Outputs<'s> {
     pub alerts: Stream<'s, Epoch, Vec<Alert>>,
 }
 
-/// Builds the dataflow over the windowed entity-level edges (each flow +volume at its epoch and
-/// −volume at epoch + window; the caller does the windowing, see `time`).
-pub fn build<'s>(config: &TopologyConfig, edges: VecCollection<'s, Epoch, Edge, Volume>) -> Outputs<'s> {
+/// Builds the dataflow. The caller does the windowing of `contacts` (see `time`).
+pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let learning = config.lifecycle.learning_period.unwrap_or(config.time.window);
     let learning_ms = learning.as_millis() as u64;
-    let members = membership(edges.clone());
-    let findings = findings(&config.detectors, edges.clone(), members);
+    let edges = inputs.contacts.clone().map(|(edge, _epoch)| edge);
+    let detector_inputs = DetectorInputs {
+        members: membership(edges.clone()),
+        edges: edges.clone(),
+        contacts: inputs.contacts,
+        indicators: inputs.indicators,
+        history: inputs.history,
+    };
+    let findings = findings(&config.detectors, &detector_inputs);
     let observed = observation_start(edges.clone());
     Outputs {
         workload_graph: workload_graph(edges),

@@ -8,7 +8,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::graph::Edge;
+use crate::graph::{Edge, WorkloadEdge};
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -50,16 +50,40 @@ pub fn alert_id(detector: &str, entity: &str, key: &str) -> String {
     hex::encode(&hash.finalize()[..16])
 }
 
-/// Every enabled detector over the windowed entity graph.
-pub fn findings<'s>(
-    config: &DetectorsConfig,
-    edges: VecCollection<'s, Epoch, Edge, Volume>,
-    members: VecCollection<'s, Epoch, (String, String)>,
-) -> VecCollection<'s, Epoch, Finding> {
-    let scope = edges.scope();
+/// What every detector may read. Cloning a collection clones a handle, not data.
+#[derive(Clone)]
+pub struct DetectorInputs<'s> {
+    /// Each flow's edge with its epoch, windowed (+volume at the epoch, −volume one window later):
+    /// for detectors that need the timing of contacts (beaconing).
+    pub contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
+    /// The windowed entity-level service graph: `contacts` without the epoch.
+    pub edges: VecCollection<'s, Epoch, Edge, Volume>,
+    /// `(entity, peer group)` for the members seen in the window.
+    pub members: VecCollection<'s, Epoch, (String, String)>,
+    /// Threat-intel indicators currently listed.
+    pub indicators: VecCollection<'s, Epoch, Indicator>,
+    /// Long-horizon history: `(workload edge, coarse epoch)` present from the coarse epoch it was
+    /// seen in until that epoch plus the history's time to live.
+    pub history: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
+}
+
+/// A threat-intel indicator: an address or network that is known bad.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct Indicator {
+    /// The network in CIDR form (a single address is a /32 or /128).
+    pub network: ipnet::IpNet,
+    /// Where the indicator comes from (feed name).
+    pub source: String,
+    /// What it is ("emotet C2", ...).
+    pub description: String,
+}
+
+/// Every enabled detector over the windowed graph.
+pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
+    let scope = inputs.edges.scope();
     let mut all = Vec::new();
     if config.peer_unique_destination.enabled {
-        all.push(peer_unique::peer_unique_destinations(&config.peer_unique_destination, edges, members));
+        all.push(peer_unique::peer_unique_destinations(&config.peer_unique_destination, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }

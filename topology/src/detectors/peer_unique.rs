@@ -5,10 +5,8 @@
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use super::{alert_id, Finding};
-use crate::graph::Edge;
+use super::{alert_id, DetectorInputs, Finding};
 use crate::time::Epoch;
-use crate::volume::Volume;
 
 pub const DETECTOR: &str = "peer_unique_destination";
 
@@ -32,10 +30,10 @@ impl Default for PeerUniqueConfig {
 /// of one backend are not told apart.
 pub fn peer_unique_destinations<'s>(
     config: &PeerUniqueConfig,
-    edges: VecCollection<'s, Epoch, Edge, Volume>,
-    members: VecCollection<'s, Epoch, (String, String)>,
+    inputs: &DetectorInputs<'s>,
 ) -> VecCollection<'s, Epoch, Finding> {
     let min_group_size = config.min_group_size as isize;
+    let (edges, members) = (inputs.edges.clone(), inputs.members.clone());
 
     // (entity, destination) pairs present in the window.
     let contacts = edges.map(|edge| (edge.src.entity.clone(), edge.dst.node().to_owned())).distinct();
@@ -89,13 +87,13 @@ fn finding(member: String, destination: String, group: String, size: isize) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::peers::membership;
+    use crate::graph::Edge;
     use crate::testing::{edge, run_collection};
 
     fn detect(updates: Vec<(Edge, Epoch, isize)>, until: Epoch) -> Vec<(String, String)> {
         let config = PeerUniqueConfig::default();
-        let out = run_collection(updates, until, move |edges| {
-            peer_unique_destinations(&config, edges.clone(), membership(edges))
+        let out = run_collection(updates, until, move |contacts| {
+            peer_unique_destinations(&config, &crate::testing::detector_inputs(contacts))
         });
         let mut found: Vec<_> = out.into_iter().map(|(f, _)| (f.entity, f.key)).collect();
         found.sort();
