@@ -7,6 +7,7 @@ pub mod entity;
 pub mod graph;
 pub mod lifecycle;
 pub mod peers;
+pub mod stats;
 pub mod time;
 pub mod topology;
 pub mod volume;

@@ -1,9 +1,11 @@
 //! Alert lifecycle: turns the findings collection into alert events. A finding appearing raises
 //! its alert, a changed finding updates it, a retracted one clears it. Events for a time are
 //! emitted only once the frontier has passed that time, from consolidated updates, so the
-//! un-netted +/- pairs a join produces mid-epoch never reach anyone.
+//! un-netted +/- pairs a join produces mid-epoch never reach anyone. Timers give the stage its
+//! damping: a learning period, a minimum duration before a raise, a delay before a clear
+//! (hysteresis) and a minimum interval between updates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
@@ -22,7 +24,7 @@ use crate::time::Epoch;
 use crate::volume::Volume;
 
 /// How findings become alert events.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct LifecycleConfig {
     /// After the pipeline first sees data, findings are tracked but no alert is raised for this
@@ -30,23 +32,68 @@ pub struct LifecycleConfig {
     /// anomaly. Alerts still open when it ends are raised then.
     #[serde(with = "humantime_serde")]
     pub learning_period: Option<Duration>,
+    /// A finding must hold this long (event time) before its alert is raised (e.g. "10s"; 0: at once).
+    #[serde(with = "humantime_serde")]
+    pub min_duration: Duration,
+    /// A finding must stay gone this long before its alert is cleared; if it comes back meanwhile
+    /// the alert simply goes on (e.g. "30s"; 0: at once).
+    #[serde(with = "humantime_serde")]
+    pub clear_after: Duration,
+    /// Least event time between two `updated` events of one alert, unless its severity changes;
+    /// the latest evidence is sent when the interval has passed (e.g. "1m").
+    #[serde(with = "humantime_serde")]
+    pub min_update_interval: Duration,
+}
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            learning_period: None,
+            min_duration: Duration::ZERO,
+            clear_after: Duration::ZERO,
+            min_update_interval: Duration::from_secs(60),
+        }
+    }
+}
+
+/// The lifecycle's timings in epochs (ms).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Timings {
+    pub learning: u64,
+    pub min_duration: u64,
+    pub clear_after: u64,
+    pub min_update_interval: u64,
+}
+
+impl Timings {
+    pub fn new(config: &LifecycleConfig, window: Duration) -> Timings {
+        let ms = |d: Duration| d.as_millis() as u64;
+        Timings {
+            learning: ms(config.learning_period.unwrap_or(window)),
+            min_duration: ms(config.min_duration),
+            clear_after: ms(config.clear_after),
+            min_update_interval: ms(config.min_update_interval),
+        }
+    }
 }
 
 /// The finding updates of one epoch not yet closed, with the capability to emit its events.
 type PendingEpoch = (Capability<Epoch>, Vec<(Finding, isize)>);
 
-/// An alert whose finding holds.
-struct OpenAlert {
+/// One alert's state, from its finding's first appearance until it is cleared.
+struct AlertState {
     /// The findings with this alert id and their multiplicities (one, unless a detector emits
     /// two bodies for one key in the same epoch, in which case the greatest is reported).
     findings: BTreeMap<Finding, isize>,
     first_seen: Epoch,
     last_seen: Epoch,
-    /// Whether its raise was emitted (not while the lifecycle is silent).
-    announced: bool,
+    /// What the last emitted event said, and when; `None` until the raise is emitted.
+    announced: Option<(Finding, Epoch)>,
+    /// When the finding went away, while it stays away.
+    gone_since: Option<Epoch>,
 }
 
-impl OpenAlert {
+impl AlertState {
     fn current(&self) -> Option<&Finding> {
         self.findings.iter().rev().find(|(_, n)| **n > 0).map(|(f, _)| f)
     }
@@ -55,7 +102,12 @@ impl OpenAlert {
 /// The lifecycle state of one worker's share of the alerts.
 #[derive(Default)]
 struct Lifecycle {
-    open: HashMap<String, OpenAlert>,
+    timings: Timings,
+    /// Start of the silent period, once the earliest observed epoch is known.
+    silent_until: Option<Epoch>,
+    alerts: HashMap<String, AlertState>,
+    /// Alerts to look at again when the frontier passes an epoch.
+    due: BTreeMap<Epoch, BTreeSet<String>>,
 }
 
 /// The earliest epoch of any flow the dataflow has seen, as it becomes known, sent to every
@@ -82,11 +134,11 @@ pub fn observation_start<'s>(edges: VecCollection<'s, Epoch, Edge, Volume>) -> S
 
 /// Alert events, each at the epoch whose closing produced it. Findings are routed by alert id, so
 /// one worker owns each alert's lifecycle and its events come out in order. No alert is raised
-/// for epochs earlier than the `observed` start plus `learning_ms`.
+/// for epochs earlier than the `observed` start plus the learning period.
 pub fn alert_lifecycle<'s>(
     findings: VecCollection<'s, Epoch, Finding>,
     observed: Stream<'s, Epoch, Vec<Epoch>>,
-    learning_ms: u64,
+    timings: Timings,
 ) -> Stream<'s, Epoch, Vec<Alert>> {
     let route = Exchange::new(|update: &(Finding, Epoch, isize)| route_of(&update.0.alert_id));
     findings.inner.binary_frontier::<_, CapacityContainerBuilder<Vec<Alert>>, _, _, _, _>(
@@ -94,12 +146,11 @@ pub fn alert_lifecycle<'s>(
         route,
         Pipeline,
         "AlertLifecycle",
-        move |initial, _info| {
+        move |_initial, _info| {
             let mut pending: BTreeMap<Epoch, PendingEpoch> = BTreeMap::new();
-            let mut state = Lifecycle::default();
-            // Held, following the input frontier, until the silent period ends: the alerts still
-            // open then are raised under it.
-            let mut held = Some(initial);
+            // A capability for every epoch some alert is due to be looked at again.
+            let mut timers: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
+            let mut state = Lifecycle { timings, ..Lifecycle::default() };
             let mut observed_from: Option<Epoch> = None;
             move |(input, frontier), (starts, starts_frontier), output| {
                 input.for_each(|cap, updates| {
@@ -116,42 +167,33 @@ pub fn alert_lifecycle<'s>(
                         observed_from = Some(observed_from.map_or(start, |o| o.min(start)));
                     }
                 });
+                state.silent_until = observed_from.map(|o| o.saturating_add(timings.learning));
                 // An epoch is closed once neither findings nor news of an earlier start can come.
                 let closed = |time: &Epoch| !frontier.less_equal(time) && !starts_frontier.less_equal(time);
-                let until = observed_from.map_or(Epoch::MAX, |o| o.saturating_add(learning_ms));
-                while let Some(entry) = pending.first_entry() {
-                    let time = *entry.key();
+                loop {
+                    let next_data = pending.keys().next().copied();
+                    let next_timer = timers.keys().next().copied();
+                    let Some(time) = next_data.into_iter().chain(next_timer).min() else { break };
                     if !closed(&time) {
                         break;
                     }
-                    if time >= until {
-                        if let Some(cap) = held.take() {
-                            let raised = state.end_silence(until);
-                            output.session(&cap).give_iterator(raised.into_iter());
-                        }
+                    let mut events = Vec::new();
+                    let mut caps = Vec::new();
+                    if next_data == Some(time) {
+                        let (cap, updates) = pending.remove(&time).expect("present");
+                        state.close_epoch(time, updates, &mut events);
+                        caps.push(cap);
                     }
-                    let (cap, updates) = entry.remove();
-                    let events = state.close_epoch(time, updates, time < until);
+                    if let Some(cap) = timers.remove(&time) {
+                        caps.push(cap);
+                    }
+                    state.fire_due(time, &mut events);
+                    let cap = caps.first().expect("an epoch with work has a capability");
+                    for due in state.due.range(time + 1..).map(|(t, _)| *t).collect::<Vec<_>>() {
+                        timers.entry(due).or_insert_with(|| cap.delayed(&due));
+                    }
                     if !events.is_empty() {
-                        output.session(&cap).give_iterator(events.into_iter());
-                    }
-                }
-                if let Some(cap) = held.as_mut() {
-                    let current = frontier
-                        .frontier()
-                        .first()
-                        .copied()
-                        .into_iter()
-                        .chain(starts_frontier.frontier().first().copied())
-                        .min();
-                    match current {
-                        Some(_) if closed(&until) => {
-                            let raised = state.end_silence(until);
-                            output.session(&*cap).give_iterator(raised.into_iter());
-                            held = None;
-                        }
-                        Some(f) => cap.downgrade(&f.max(*cap.time())),
-                        None => held = None,
+                        output.session(cap).give_iterator(events.into_iter());
                     }
                 }
             }
@@ -160,66 +202,112 @@ pub fn alert_lifecycle<'s>(
 }
 
 impl Lifecycle {
-    /// Applies one closed epoch's finding updates and returns the alert events they cause (none
-    /// while `silent`).
-    fn close_epoch(&mut self, time: Epoch, mut updates: Vec<(Finding, isize)>, silent: bool) -> Vec<Alert> {
+    fn schedule(&mut self, at: Epoch, alert_id: &str) {
+        self.due.entry(at).or_default().insert(alert_id.to_owned());
+    }
+
+    /// When a raise may be emitted for a finding that appeared at `time`.
+    fn raise_at(&self, first_seen: Epoch) -> Epoch {
+        (first_seen + self.timings.min_duration).max(self.silent_until.unwrap_or(Epoch::MAX))
+    }
+
+    /// Applies one closed epoch's finding updates; events due at once are pushed to `events`.
+    fn close_epoch(&mut self, time: Epoch, mut updates: Vec<(Finding, isize)>, events: &mut Vec<Alert>) {
         differential_dataflow::consolidation::consolidate(&mut updates);
-        let mut touched: BTreeMap<String, Option<Finding>> = BTreeMap::new();
+        let mut touched = BTreeSet::new();
         for (finding, diff) in updates {
-            let alert = self.open.entry(finding.alert_id.clone()).or_insert_with(|| OpenAlert {
+            let alert = self.alerts.entry(finding.alert_id.clone()).or_insert_with(|| AlertState {
                 findings: BTreeMap::new(),
                 first_seen: time,
                 last_seen: time,
-                announced: false,
+                announced: None,
+                gone_since: None,
             });
-            touched.entry(finding.alert_id.clone()).or_insert_with(|| alert.current().cloned());
+            touched.insert(finding.alert_id.clone());
             let count = alert.findings.entry(finding).or_insert(0);
             *count += diff;
             if *count == 0 {
                 alert.findings.retain(|_, n| *n != 0);
             }
         }
-        let mut events = Vec::new();
-        for (id, before) in touched {
-            let Some(alert) = self.open.get_mut(&id) else { continue };
-            let after = alert.current().cloned();
-            let event = match (&before, &after) {
-                (None, Some(_)) => {
-                    alert.first_seen = time;
-                    AlertEvent::Raised
+        for id in touched {
+            let Some(alert) = self.alerts.get_mut(&id) else { continue };
+            match (alert.current().is_some(), alert.announced.is_some()) {
+                (true, _) => {
+                    alert.last_seen = time;
+                    alert.gone_since = None;
+                    self.schedule(time, &id);
                 }
-                (Some(b), Some(a)) if a != b => AlertEvent::Updated,
-                (Some(_), None) => AlertEvent::Cleared,
-                _ => continue,
-            };
-            if after.is_some() {
-                alert.last_seen = time;
-            }
-            let emit = !silent && (alert.announced || event == AlertEvent::Raised);
-            if emit {
-                alert.announced = true;
-                if let Some(finding) = after.as_ref().or(before.as_ref()) {
-                    events.push(to_alert(finding, event, alert.first_seen, alert.last_seen, time));
+                (false, false) => {
+                    // Gone before anyone heard of it.
+                    self.alerts.remove(&id);
                 }
-            }
-            if after.is_none() {
-                self.open.remove(&id);
+                (false, true) => {
+                    alert.gone_since.get_or_insert(time);
+                    self.schedule(time, &id);
+                }
             }
         }
-        events
+        self.fire_due(time, events);
     }
 
-    /// Raises, at `time`, every open alert whose raise the silent period held back.
-    fn end_silence(&mut self, time: Epoch) -> Vec<Alert> {
-        let mut raised = Vec::new();
-        for alert in self.open.values_mut().filter(|a| !a.announced) {
-            if let Some(finding) = alert.current() {
-                raised.push(to_alert(finding, AlertEvent::Raised, alert.first_seen, alert.last_seen, time));
-                alert.announced = true;
+    /// Looks again at every alert due at or before `time`, emitting what its state calls for.
+    fn fire_due(&mut self, time: Epoch, events: &mut Vec<Alert>) {
+        let due: Vec<Epoch> = self.due.range(..=time).map(|(t, _)| *t).collect();
+        let mut ids = BTreeSet::new();
+        for t in due {
+            ids.extend(self.due.remove(&t).unwrap_or_default());
+        }
+        for id in ids {
+            self.review(&id, time, events);
+        }
+    }
+
+    fn review(&mut self, id: &str, time: Epoch, events: &mut Vec<Alert>) {
+        let timings = self.timings;
+        let raise_at = match self.alerts.get(id) {
+            Some(alert) => self.raise_at(alert.first_seen),
+            None => return,
+        };
+        let Some(alert) = self.alerts.get_mut(id) else { return };
+        let current = alert.current().cloned();
+        match (current, alert.announced.clone()) {
+            (Some(finding), None) => {
+                if time >= raise_at {
+                    events.push(to_alert(&finding, AlertEvent::Raised, alert.first_seen, alert.last_seen, time));
+                    alert.announced = Some((finding, time));
+                } else if raise_at < Epoch::MAX {
+                    self.schedule(raise_at, id);
+                }
+            }
+            (Some(finding), Some((said, when))) => {
+                if finding == said {
+                    return;
+                }
+                let severity_changed =
+                    Severity::from_score(f64::from(finding.score)) != Severity::from_score(f64::from(said.score));
+                let may_update_at = when + timings.min_update_interval;
+                if severity_changed || time >= may_update_at {
+                    events.push(to_alert(&finding, AlertEvent::Updated, alert.first_seen, alert.last_seen, time));
+                    alert.announced = Some((finding, time));
+                } else {
+                    self.schedule(may_update_at, id);
+                }
+            }
+            (None, Some((said, _))) => {
+                // Gone: clear once it has stayed gone for `clear_after`.
+                let clear_at = alert.gone_since.unwrap_or(time) + timings.clear_after;
+                if time >= clear_at {
+                    events.push(to_alert(&said, AlertEvent::Cleared, alert.first_seen, alert.last_seen, time));
+                    self.alerts.remove(id);
+                } else {
+                    self.schedule(clear_at, id);
+                }
+            }
+            (None, None) => {
+                self.alerts.remove(id);
             }
         }
-        raised.sort_by(|a, b| a.alert_id.cmp(&b.alert_id));
-        raised
     }
 }
 
@@ -266,48 +354,107 @@ mod tests {
         }
     }
 
+    fn lifecycle(timings: Timings) -> Lifecycle {
+        Lifecycle { timings, silent_until: Some(0), ..Lifecycle::default() }
+    }
+
+    /// Closes `time` with `updates` and fires every timer up to it, as the operator does.
+    fn step(state: &mut Lifecycle, time: Epoch, updates: Vec<(Finding, isize)>) -> Vec<Alert> {
+        let mut events = Vec::new();
+        state.close_epoch(time, updates, &mut events);
+        events
+    }
+
+    fn tick(state: &mut Lifecycle, time: Epoch) -> Vec<Alert> {
+        let mut events = Vec::new();
+        state.fire_due(time, &mut events);
+        events
+    }
+
+    fn kinds(events: &[Alert]) -> Vec<AlertEvent> {
+        events.iter().map(|e| e.event).collect()
+    }
+
     #[test]
     fn a_finding_raises_updates_and_clears_its_alert() {
-        let mut state = Lifecycle::default();
-        let raised = state.close_epoch(1000, vec![(finding("a", "x", 60), 1)], false);
-        assert_eq!(raised.len(), 1);
-        assert_eq!(raised[0].event, AlertEvent::Raised);
+        let mut state = lifecycle(Timings::default());
+        let raised = step(&mut state, 1000, vec![(finding("a", "x", 60), 1)]);
+        assert_eq!(kinds(&raised), vec![AlertEvent::Raised]);
         assert_eq!(raised[0].first_seen_ms, 1000);
 
-        let updated = state.close_epoch(2000, vec![(finding("a", "x", 60), -1), (finding("a", "x", 80), 1)], false);
-        assert_eq!(updated.len(), 1);
-        assert_eq!(updated[0].event, AlertEvent::Updated);
+        let updated = step(&mut state, 2000, vec![(finding("a", "x", 60), -1), (finding("a", "x", 80), 1)]);
+        assert_eq!(kinds(&updated), vec![AlertEvent::Updated]);
         assert_eq!(updated[0].score, 80.0);
         assert_eq!(updated[0].first_seen_ms, 1000);
 
-        let cleared = state.close_epoch(3000, vec![(finding("a", "x", 80), -1)], false);
-        assert_eq!(cleared.len(), 1);
-        assert_eq!(cleared[0].event, AlertEvent::Cleared);
+        let cleared = step(&mut state, 3000, vec![(finding("a", "x", 80), -1)]);
+        assert_eq!(kinds(&cleared), vec![AlertEvent::Cleared]);
         assert_eq!(cleared[0].last_seen_ms, 2000);
-        assert!(state.open.is_empty());
+        assert!(state.alerts.is_empty());
     }
 
     #[test]
     fn netted_changes_within_an_epoch_emit_nothing() {
-        let mut state = Lifecycle::default();
-        state.close_epoch(1000, vec![(finding("a", "x", 60), 1)], false);
-        let none = state.close_epoch(2000, vec![(finding("a", "x", 60), -1), (finding("a", "x", 60), 1)], false);
+        let mut state = lifecycle(Timings::default());
+        step(&mut state, 1000, vec![(finding("a", "x", 60), 1)]);
+        let none = step(&mut state, 2000, vec![(finding("a", "x", 60), -1), (finding("a", "x", 60), 1)]);
         assert!(none.is_empty(), "{none:?}");
     }
 
     #[test]
     fn silence_holds_raises_back_and_swallows_what_cleared_meanwhile() {
-        let mut state = Lifecycle::default();
-        assert!(state.close_epoch(1000, vec![(finding("a", "x", 60), 1), (finding("b", "y", 60), 1)], true).is_empty());
-        assert!(state.close_epoch(2000, vec![(finding("b", "y", 60), -1)], true).is_empty());
-        let raised = state.end_silence(5000);
+        let mut state = lifecycle(Timings::default());
+        state.silent_until = Some(5000);
+        assert!(step(&mut state, 1000, vec![(finding("a", "x", 60), 1), (finding("b", "y", 60), 1)]).is_empty());
+        assert!(step(&mut state, 2000, vec![(finding("b", "y", 60), -1)]).is_empty());
+        let raised = tick(&mut state, 5000);
         assert_eq!(raised.len(), 1);
+        let r = &raised[0];
         assert_eq!(
-            (raised[0].entity.as_str(), raised[0].event, raised[0].first_seen_ms, raised[0].event_time_ms),
+            (r.entity.as_str(), r.event, r.first_seen_ms, r.event_time_ms),
             ("a", AlertEvent::Raised, 1000, 5000)
         );
-        let cleared = state.close_epoch(6000, vec![(finding("a", "x", 60), -1)], false);
-        assert_eq!(cleared[0].event, AlertEvent::Cleared);
+        let cleared = step(&mut state, 6000, vec![(finding("a", "x", 60), -1)]);
+        assert_eq!(kinds(&cleared), vec![AlertEvent::Cleared]);
+    }
+
+    #[test]
+    fn a_finding_shorter_than_the_minimum_duration_raises_nothing() {
+        let mut state = lifecycle(Timings { min_duration: 3000, ..Timings::default() });
+        assert!(step(&mut state, 1000, vec![(finding("a", "x", 60), 1)]).is_empty());
+        assert!(step(&mut state, 2000, vec![(finding("a", "x", 60), -1)]).is_empty());
+        assert!(tick(&mut state, 4000).is_empty());
+        assert!(state.alerts.is_empty());
+
+        assert!(step(&mut state, 5000, vec![(finding("b", "y", 60), 1)]).is_empty());
+        assert_eq!(kinds(&tick(&mut state, 8000)), vec![AlertEvent::Raised]);
+    }
+
+    #[test]
+    fn a_finding_that_comes_back_within_clear_after_does_not_flap() {
+        let mut state = lifecycle(Timings { clear_after: 5000, ..Timings::default() });
+        assert_eq!(kinds(&step(&mut state, 1000, vec![(finding("a", "x", 60), 1)])), vec![AlertEvent::Raised]);
+        assert!(step(&mut state, 2000, vec![(finding("a", "x", 60), -1)]).is_empty());
+        assert!(step(&mut state, 4000, vec![(finding("a", "x", 60), 1)]).is_empty());
+        assert!(tick(&mut state, 7000).is_empty(), "came back: no clear, no second raise");
+        assert!(step(&mut state, 8000, vec![(finding("a", "x", 60), -1)]).is_empty());
+        let cleared = tick(&mut state, 12_000);
+        assert!(cleared.is_empty(), "not yet: last seen at 4000, gone at 8000");
+        let cleared = tick(&mut state, 13_000);
+        assert_eq!(kinds(&cleared), vec![AlertEvent::Cleared]);
+    }
+
+    #[test]
+    fn updates_are_throttled_unless_the_severity_changes() {
+        let mut state = lifecycle(Timings { min_update_interval: 10_000, ..Timings::default() });
+        step(&mut state, 1000, vec![(finding("a", "x", 71), 1)]);
+        assert!(step(&mut state, 2000, vec![(finding("a", "x", 71), -1), (finding("a", "x", 72), 1)]).is_empty());
+        assert!(step(&mut state, 3000, vec![(finding("a", "x", 72), -1), (finding("a", "x", 73), 1)]).is_empty());
+        let latest = tick(&mut state, 11_000);
+        assert_eq!(kinds(&latest), vec![AlertEvent::Updated]);
+        assert_eq!(latest[0].score, 73.0, "the latest evidence is sent");
+        let severe = step(&mut state, 12_000, vec![(finding("a", "x", 73), -1), (finding("a", "x", 95), 1)]);
+        assert_eq!(kinds(&severe), vec![AlertEvent::Updated], "high → critical goes out at once");
     }
 
     #[test]

@@ -79,3 +79,56 @@ where
         state.into_iter().filter(|(_, r)| !r.is_zero()).collect()
     })
 }
+
+/// Feeds `updates` (edge, time, flows) as windowed contacts — in at their time, out `window`
+/// later — into `logic`, and returns the output collection as it is at each of `times`.
+pub fn run_collection_at<D, R, F>(
+    updates: Vec<(Edge, Epoch, isize)>,
+    window: Epoch,
+    times: Vec<Epoch>,
+    logic: F,
+) -> Vec<Vec<(D, R)>>
+where
+    D: differential_dataflow::ExchangeData + Send,
+    R: differential_dataflow::ExchangeData + Semigroup + Send,
+    F: for<'s> FnOnce(VecCollection<'s, Epoch, (Edge, Epoch), Volume>) -> VecCollection<'s, Epoch, D, R>
+        + Send
+        + Sync
+        + 'static,
+{
+    let until = times.iter().copied().max().unwrap_or(0) + 1;
+    timely::execute_directly(move |worker| {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let sink = seen.clone();
+        let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+            let (input, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
+            let (probe, _) = logic(contacts).inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
+            (input, probe)
+        });
+        for (edge, time, flows) in updates {
+            let volume = Volume { flows: flows as i64, bytes_out: 100 * flows as i64, ..Volume::default() };
+            input.update_at((edge.clone(), time), time, volume);
+            input.update_at((edge, time), time + window, volume.negated());
+        }
+        input.advance_to(until);
+        input.flush();
+        worker.step_while(|| probe.less_than(&until));
+        let seen = seen.borrow();
+        times
+            .iter()
+            .map(|&at| {
+                let mut state: BTreeMap<D, R> = BTreeMap::new();
+                for (datum, time, diff) in seen.iter().filter(|(_, time, _)| *time <= at) {
+                    let _ = time;
+                    match state.get_mut(datum) {
+                        Some(acc) => acc.plus_equals(diff),
+                        None => {
+                            state.insert(datum.clone(), diff.clone());
+                        }
+                    }
+                }
+                state.into_iter().filter(|(_, r)| !r.is_zero()).collect()
+            })
+            .collect()
+    })
+}

@@ -9,7 +9,7 @@ use timely::dataflow::Stream;
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
 use crate::graph::{workload_graph, Edge, WorkloadEdge};
-use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig};
+use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::membership;
 use crate::time::{Epoch, TimeConfig};
 use crate::volume::Volume;
@@ -48,8 +48,7 @@ pub struct Outputs<'s> {
 
 /// Builds the dataflow. The caller does the windowing of `contacts` (see `time`).
 pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
-    let learning = config.lifecycle.learning_period.unwrap_or(config.time.window);
-    let learning_ms = learning.as_millis() as u64;
+    let timings = Timings::new(&config.lifecycle, config.time.window);
     let edges = inputs.contacts.clone().map(|(edge, _epoch)| edge);
     let detector_inputs = DetectorInputs {
         members: membership(edges.clone()),
@@ -62,7 +61,7 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let observed = observation_start(edges.clone());
     Outputs {
         workload_graph: workload_graph(edges),
-        alerts: alert_lifecycle(findings.clone(), observed, learning_ms),
+        alerts: alert_lifecycle(findings.clone(), observed, timings),
         findings,
     }
 }

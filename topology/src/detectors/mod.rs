@@ -2,6 +2,7 @@
 //! ("pod X talks to Y, which none of its peers touch") that holds while its evidence is in the
 //! window; the lifecycle stage turns findings appearing and disappearing into alert events.
 
+pub mod peer_deviation;
 pub mod peer_unique;
 
 use differential_dataflow::VecCollection;
@@ -17,6 +18,7 @@ use crate::volume::Volume;
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorsConfig {
     pub peer_unique_destination: peer_unique::PeerUniqueConfig,
+    pub peer_group_deviation: peer_deviation::PeerDeviationConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -84,6 +86,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     let mut all = Vec::new();
     if config.peer_unique_destination.enabled {
         all.push(peer_unique::peer_unique_destinations(&config.peer_unique_destination, inputs));
+    }
+    if config.peer_group_deviation.enabled {
+        all.push(peer_deviation::detect(&config.peer_group_deviation, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
