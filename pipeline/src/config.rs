@@ -61,6 +61,9 @@ pub struct TopicsConfig {
     pub flows: String,
     /// Alert lifecycle events, keyed by alert id.
     pub alerts: String,
+    /// The service graph's changes, keyed by edge (created compacted: the latest state of every
+    /// edge, tombstones for edges that left the window). Empty: not produced.
+    pub service_graph: String,
     /// Where undecodable, invalid and (with `input.late = "dead-letter"`) late flows go, with the
     /// reason in the headers. Empty: such records are counted, logged and skipped.
     pub dead_letter: String,
@@ -75,6 +78,7 @@ impl Default for TopicsConfig {
         TopicsConfig {
             flows: "peergraph.flows".into(),
             alerts: "peergraph.alerts".into(),
+            service_graph: "peergraph.service-graph".into(),
             dead_letter: String::new(),
             create: true,
             partitions: 4,
@@ -96,6 +100,17 @@ pub struct InputConfig {
     /// Most messages taken from Kafka per poll round, per worker; a round is decoded,
     /// pre-aggregated and handed to the dataflow as one batch.
     pub max_batch: usize,
+    /// A flow ending further than this ahead of the wall clock is refused ("future_timestamp"):
+    /// one such record would otherwise push its partition's watermark ahead and make everything
+    /// else late.
+    #[serde(with = "humantime_serde")]
+    pub max_future: Duration,
+    /// A flow claiming more bytes than this in one direction is refused ("absurd_volume").
+    pub max_flow_bytes: i64,
+    /// Most distinct destinations one source entity may have in the window, per worker; further
+    /// destinations are folded into one overflow destination, which the `entity_cap` detector
+    /// alerts on. Bounds the memory one scanning or misbehaving source can take.
+    pub max_destinations_per_source: usize,
 }
 
 impl Default for InputConfig {
@@ -105,6 +120,9 @@ impl Default for InputConfig {
             max_message_bytes: 1 << 20,
             late: LatePolicy::Drop,
             max_batch: 20_000,
+            max_future: Duration::from_secs(3600),
+            max_flow_bytes: 1 << 40,
+            max_destinations_per_source: 10_000,
         }
     }
 }

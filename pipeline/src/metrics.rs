@@ -36,8 +36,13 @@ pub struct Metrics {
     /// Edge updates handed to the dataflow after per-batch pre-aggregation (one per distinct
     /// edge and epoch, twice with the window retraction).
     pub edge_updates: Counter,
+    /// Flows whose destination was folded into the overflow destination because their source
+    /// hit `input.max_destinations_per_source`.
+    pub destinations_capped: Counter,
     /// Alert events produced to the alerts topic, by lifecycle event.
     pub alerts_produced: Family<EventLabel, Counter>,
+    /// Service-graph changes produced to the service-graph topic.
+    pub graph_changes: Counter,
     /// Offset commits made after the output frontier passed the records' epochs.
     pub offset_commits: Counter,
     /// The event-time frontier of the dataflow output (ms since the Unix epoch), per process.
@@ -84,6 +89,11 @@ impl Metrics {
             "edge_updates",
             "Pre-aggregated edge updates handed to the dataflow",
             self.edge_updates.clone(),
+        );
+        registry.register(
+            "destinations_capped",
+            "Flows folded into the overflow destination by the per-source cap",
+            self.destinations_capped.clone(),
         );
         registry.register("alerts_produced", "Alert events produced, by lifecycle event", self.alerts_produced.clone());
         registry.register(

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use differential_dataflow::input::InputSession;
 use peergraph_schemas::codec::{Decoder, Encoder};
-use peergraph_schemas::{Alert, Flow};
+use peergraph_schemas::{Alert, Flow, GraphEdge};
 use peergraph_topology::{build, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
@@ -21,10 +21,10 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Input as _;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::Probe as _;
+use timely::dataflow::operators::{Concat as _, Probe as _};
 
 use crate::config::Config;
-use crate::kafka::alerts::{produce_alerts, AlertSink};
+use crate::kafka::output::{produce, RecordSink};
 use crate::kafka::source::{EdgeBatch, FlowSource};
 use crate::kafka::{self, client_config};
 use crate::metrics::Metrics;
@@ -170,14 +170,28 @@ fn run_worker(
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
     let mut source = FlowSource::open(config, &client, mine, Decoder::<Flow>::default(), metrics.clone())?;
-    let sink = AlertSink::new(
+    let stopping = Rc::new(Cell::new(false));
+    let sink_error = Rc::new(RefCell::new(None));
+    let alert_sink = RecordSink::new(
         &client,
         &config.topics.alerts,
         Encoder::<Alert>::new(config.run.alert_format)?,
         metrics.clone(),
+        stopping.clone(),
+        sink_error.clone(),
     )?;
-    let stopping = sink.stopping.clone();
-    let sink_error = sink.error.clone();
+    let graph_sink = if config.topics.service_graph.is_empty() {
+        None
+    } else {
+        Some(RecordSink::new(
+            &client,
+            &config.topics.service_graph,
+            Encoder::<GraphEdge>::new(config.run.alert_format)?,
+            metrics.clone(),
+            stopping.clone(),
+            sink_error.clone(),
+        )?)
+    };
 
     // What the other workers announced: the furthest watermark, and who has finished where.
     let announced = Rc::new(Cell::new(0 as Epoch));
@@ -191,7 +205,12 @@ fn run_worker(
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
         let outputs = build(&topology, Inputs { contacts, indicators, history });
-        let (probe, _) = produce_alerts(outputs.alerts, sink).probe();
+        let produced = produce(outputs.alerts, alert_sink);
+        let produced = match graph_sink {
+            Some(sink) => produced.concat(produce(outputs.graph_changes, sink)),
+            None => produced,
+        };
+        let (probe, _) = produced.probe();
 
         let (announce_in, announcements) = scope.new_input::<Vec<Announcement>>();
         let (announced, finished) = (announced.clone(), finished.clone());

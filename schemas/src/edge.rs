@@ -47,3 +47,12 @@ pub enum EdgeLevel {
     /// Between workloads (entities grouped by what runs them).
     Workload,
 }
+
+impl EdgeLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EdgeLevel::Entity => "entity",
+            EdgeLevel::Workload => "workload",
+        }
+    }
+}

@@ -25,6 +25,7 @@ pub fn config(test: &str) -> Config {
     config.kafka.connect_timeout = std::time::Duration::from_secs(30);
     config.topics.flows = format!("{prefix}.flows");
     config.topics.alerts = format!("{prefix}.alerts");
+    config.topics.service_graph = format!("{prefix}.service-graph");
     config.input.group_id = format!("{prefix}.pipeline");
     config.connect.group_id = format!("{prefix}.connect");
     config.metrics.listen = String::new();
@@ -38,4 +39,55 @@ pub fn read_alerts(path: &std::path::Path) -> Vec<peergraph_schemas::Alert> {
         .filter(|l| !l.trim().is_empty())
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("alerts file line {l:?} is not an alert: {e}")))
         .collect()
+}
+
+/// Everything on the config's alerts topic, read by `peergraph connect` into a JSON-lines file
+/// (it stops after `idle` without a new alert).
+pub fn collect_alerts(config: &Config, idle: std::time::Duration) -> Vec<peergraph_schemas::Alert> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let file = dir.path().join("alerts.jsonl");
+    let mut connect = config.connect.clone();
+    connect.console = false;
+    connect.file = Some(file.clone());
+    connect.idle_exit = Some(idle);
+    let runtime = tokio::runtime::Runtime::new().expect("tokio runtime");
+    let client = peergraph::kafka::client_config(&config.kafka);
+    runtime
+        .block_on(peergraph_connectors::run(client, &config.topics.alerts, &connect, std::future::pending()))
+        .expect("connect");
+    read_alerts(&file)
+}
+
+/// Every record of `topic`, from the beginning to its end as of now, decoded as `T`.
+pub fn read_topic<T: peergraph_schemas::codec::Record>(config: &Config, topic: &str) -> Vec<T> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    use rdkafka::message::Message;
+    let consumer: BaseConsumer = peergraph::kafka::client_config(&config.kafka)
+        .set("group.id", format!("{}.reader", config.input.group_id))
+        .set("enable.auto.commit", "false")
+        .create()
+        .expect("consumer");
+    let partitions = peergraph::kafka::partition_count(&config.kafka, topic).expect("topic exists");
+    let mut assignment = rdkafka::TopicPartitionList::new();
+    let mut remaining = 0;
+    for p in 0..partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, std::time::Duration::from_secs(10)).expect("watermarks");
+        remaining += high - low;
+        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assignment");
+    }
+    consumer.assign(&assignment).expect("assign");
+    let decoder = peergraph_schemas::codec::Decoder::<T>::default();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut records = Vec::new();
+    while remaining > 0 && std::time::Instant::now() < deadline {
+        if let Some(message) = consumer.poll(std::time::Duration::from_millis(200)) {
+            let message = message.expect("consume");
+            remaining -= 1;
+            if let Some(payload) = message.payload() {
+                records.push(decoder.decode(payload).expect("a record peergraph wrote decodes"));
+            }
+        }
+    }
+    assert_eq!(remaining, 0, "read all of {topic} in time");
+    records
 }

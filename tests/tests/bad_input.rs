@@ -50,6 +50,10 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
     let confluent = Encoder::<Flow>::confluent(999);
     let mut backwards = flow(3);
     backwards.end_ms = backwards.start_ms - 1;
+    let mut future = flow(5);
+    future.end_ms = peergraph::simulate::now_ms() + 2 * 3600 * 1000;
+    let mut absurd = flow(6);
+    absurd.bytes_out = 1 << 50;
     let messages: Vec<(Vec<u8>, &str)> = vec![
         (avro.encode_to_vec(&flow(0)).unwrap(), "ok"),
         (b"\x07 not a flow".to_vec(), "unknown_framing"),
@@ -58,6 +62,8 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
         (json.encode_to_vec(&backwards).unwrap(), "end_before_start"),
         (confluent.encode_to_vec(&flow(2)).unwrap(), "unknown_schema_id"),
         (vec![b' '; 5_000], "oversized"),
+        (avro.encode_to_vec(&future).unwrap(), "future_timestamp"),
+        (json.encode_to_vec(&absurd).unwrap(), "absurd_volume"),
         (avro.encode_to_vec(&flow(4)).unwrap(), "ok"),
     ];
     let producer: BaseProducer = peergraph::kafka::client_config(&config.kafka).create().unwrap();
@@ -74,7 +80,7 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
     for (_, reason) in messages.iter().filter(|(_, r)| *r != "ok") {
         assert_eq!(metrics.rejected(reason), 1, "rejected for {reason}");
     }
-    assert_eq!(metrics.dead_lettered.get(), 5);
+    assert_eq!(metrics.dead_lettered.get(), 7);
 
     // The dead-letter topic holds the refused messages, unchanged, with reason and origin.
     let consumer: BaseConsumer = peergraph::kafka::client_config(&config.kafka)
@@ -85,7 +91,7 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
     consumer.subscribe(&[config.topics.dead_letter.as_str()]).unwrap();
     let mut dead = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while dead.len() < 5 && std::time::Instant::now() < deadline {
+    while dead.len() < 7 && std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             let headers = message.headers().expect("dead letters carry headers");
             let header = |key: &str| {
@@ -110,6 +116,36 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
         .map(|(offset, (payload, reason))| (reason.to_string(), offset.to_string(), payload.clone()))
         .collect();
     assert_eq!(dead, expected);
+}
+
+#[test]
+fn a_source_with_too_many_destinations_is_capped_and_alerted() {
+    let mut config = peergraph_tests::config("cap");
+    config.topics.partitions = 1;
+    config.input.max_destinations_per_source = 5;
+    config.time.window = Duration::from_secs(60);
+    config.lifecycle.learning_period = Some(Duration::ZERO);
+    config.run.stop_at_end = true;
+    peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
+    let avro = Encoder::<Flow>::new(WireFormat::AvroSingleObject).unwrap();
+    let producer: BaseProducer = peergraph::kafka::client_config(&config.kafka).create().unwrap();
+    for i in 0..30 {
+        let mut f = flow(i / 10);
+        f.dst_addr = format!("198.51.100.{}", i + 1);
+        f.conn_state = ConnState::S0;
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(&config.topics.flows).payload(&avro.encode_to_vec(&f).unwrap()))
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let metrics = Metrics::new();
+    peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), metrics.clone()).expect("run");
+    assert_eq!(metrics.destinations_capped.get(), 25, "5 destinations kept, 25 folded");
+    let alerts = peergraph_tests::collect_alerts(&config, Duration::from_secs(4));
+    let capped: Vec<_> = alerts.iter().filter(|a| a.detector == "entity_cap").collect();
+    assert_eq!(capped.len(), 1, "{alerts:#?}");
+    assert_eq!(capped[0].entity, "host:10.0.0.1");
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use peergraph::metrics::Metrics;
 use peergraph::simulate::SwapConfig;
-use peergraph_schemas::AlertEvent;
+use peergraph_schemas::{AlertEvent, EdgeLevel, GraphEdge};
 
 /// 2026-01-01T00:00:00Z: a fixed start keeps the run deterministic.
 const START_MS: i64 = 1_767_225_600_000;
@@ -34,18 +34,7 @@ fn swapped_replica_is_alerted_and_cleared() {
     let ran = peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), Metrics::new()).expect("run");
     assert_eq!(ran.messages, simulated.flows, "the pipeline read every simulated flow");
 
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("alerts.jsonl");
-    config.connect.console = false;
-    config.connect.file = Some(file.clone());
-    config.connect.idle_exit = Some(Duration::from_secs(5));
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let client = peergraph::kafka::client_config(&config.kafka);
-    runtime
-        .block_on(peergraph_connectors::run(client, &config.topics.alerts, &config.connect, std::future::pending()))
-        .expect("connect");
-
-    let alerts = peergraph_tests::read_alerts(&file);
+    let alerts = peergraph_tests::collect_alerts(&config, Duration::from_secs(5));
     let entities: std::collections::BTreeSet<&str> = alerts.iter().map(|a| a.entity.as_str()).collect();
     assert_eq!(
         entities.into_iter().collect::<Vec<_>>(),
@@ -55,7 +44,8 @@ fn swapped_replica_is_alerted_and_cleared() {
 
     // The swapped replica also sends far more than its peers: peer-group deviation may join in, on
     // the same entity. The peer-unique alert is the one that names the new destination.
-    let unique: Vec<&peergraph_schemas::Alert> = alerts.iter().filter(|a| a.detector == "peer_unique_destination").collect();
+    let unique: Vec<&peergraph_schemas::Alert> =
+        alerts.iter().filter(|a| a.detector == "peer_unique_destination").collect();
     let events: Vec<AlertEvent> = unique.iter().map(|a| a.event).collect();
     assert_eq!(events, vec![AlertEvent::Raised, AlertEvent::Cleared], "{alerts:#?}");
     let (raised, cleared) = (unique[0], unique[1]);
@@ -79,4 +69,19 @@ fn swapped_replica_is_alerted_and_cleared() {
         cleared.event_time_ms,
         label.end_ms
     );
+
+    // The service-graph changelog shows the new edge appear and, one window after its last flow,
+    // leave (a tombstone).
+    let changes: Vec<GraphEdge> = peergraph_tests::read_topic(&config, &config.topics.service_graph);
+    let to_c2: Vec<&GraphEdge> = changes
+        .iter()
+        .filter(|c| c.level == EdgeLevel::Entity && c.src == label.entity && c.dst == label.destination)
+        .collect();
+    let first = to_c2.first().expect("the edge to the C2 address is in the changelog");
+    assert!(first.present && first.first_seen_ms == label.start_ms, "{first:?}");
+    let last = to_c2.last().unwrap();
+    assert!(!last.present && last.event_time_ms == cleared.event_time_ms, "{last:?}");
+    assert!(changes
+        .iter()
+        .any(|c| c.level == EdgeLevel::Workload && c.src == "workload:shop/Deployment/web" && c.present));
 }

@@ -17,7 +17,19 @@ pub struct Endpoint {
     pub workload: Option<String>,
 }
 
+/// The destination that stands for every destination beyond a source's cap.
+pub const OVERFLOW_ENTITY: &str = "overflow:destinations";
+
 impl Endpoint {
+    /// The destination that stands for every destination beyond a source's cap.
+    pub fn overflow() -> Endpoint {
+        Endpoint { entity: OVERFLOW_ENTITY.to_owned(), workload: None }
+    }
+
+    pub fn is_overflow(&self) -> bool {
+        self.entity == OVERFLOW_ENTITY
+    }
+
     /// The node this endpoint is in the workload-level graph: its workload, or itself.
     pub fn node(&self) -> &str {
         self.workload.as_deref().unwrap_or(&self.entity)

@@ -2,8 +2,16 @@
 //! [`Volume`] to its edge at its epoch and takes it away at epoch + window, so the collection of
 //! edges, consolidated, *is* the windowed entity-level graph. The workload-level graph is a map.
 
-use differential_dataflow::VecCollection;
+use std::collections::BTreeMap;
+
+use differential_dataflow::{Hashable, VecCollection};
+use peergraph_schemas::{EdgeLevel, GraphEdge};
 use serde::{Deserialize, Serialize};
+use timely::container::CapacityContainerBuilder;
+use timely::dataflow::channels::pact::Exchange;
+use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::Capability;
+use timely::dataflow::Stream;
 
 use crate::entity::Endpoint;
 use crate::time::Epoch;
@@ -46,10 +54,127 @@ pub fn workload_graph<'s>(
     edges.map(|edge| WorkloadEdge::from(&edge))
 }
 
+/// An edge's windowed state: its volume and the first and last epochs it was seen in the window.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct EdgeState {
+    pub volume: Volume,
+    pub first_seen: Epoch,
+    pub last_seen: Epoch,
+}
+
+/// The service graph at one level with each edge's state: `((level, src, dst, port, proto), state)`.
+pub type GraphKey = (EdgeLevel, String, String, u16, u8);
+
+/// The windowed service graph, at entity and at workload level, with each edge's volume and its
+/// first-seen and last-seen epochs within the window.
+pub fn service_graph<'s>(
+    contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
+) -> VecCollection<'s, Epoch, (GraphKey, EdgeState)> {
+    let keyed = contacts.flat_map(|(edge, epoch)| {
+        let workload = WorkloadEdge::from(&edge);
+        [
+            ((EdgeLevel::Entity, edge.src.entity, edge.dst.entity, edge.dst_port, edge.protocol), epoch),
+            ((EdgeLevel::Workload, workload.src, workload.dst, workload.dst_port, workload.protocol), epoch),
+        ]
+    });
+    // Volumes: the consolidated differences per key. Times: the least and greatest epoch present.
+    let volumes = keyed.clone().map(|(key, _)| key).count();
+    let seen = keyed.distinct().reduce(|_key, epochs, output| {
+        if let (Some(first), Some(last)) = (epochs.first(), epochs.last()) {
+            output.push(((*first.0, *last.0), 1));
+        }
+    });
+    volumes
+        .join(seen)
+        .map(|(key, (volume, (first_seen, last_seen)))| (key, EdgeState { volume, first_seen, last_seen }))
+}
+
+/// One epoch's graph updates, not yet closed, with the capability to emit its changes.
+type PendingChanges = (Capability<Epoch>, Vec<((GraphKey, EdgeState), isize)>);
+
+/// The graph's changes as records for the service-graph topic: at each closed epoch, the new
+/// state of every edge that changed, or a tombstone (`present: false`) for an edge that left.
+pub fn graph_changes<'s>(
+    graph: VecCollection<'s, Epoch, (GraphKey, EdgeState)>,
+    window_ms: u64,
+) -> Stream<'s, Epoch, Vec<GraphEdge>> {
+    let route = Exchange::new(|update: &((GraphKey, EdgeState), Epoch, isize)| update.0 .0.hashed());
+    graph.inner.unary_frontier::<CapacityContainerBuilder<Vec<GraphEdge>>, _, _, _>(route, "GraphChanges", |_, _| {
+        let mut pending: BTreeMap<Epoch, PendingChanges> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, updates| {
+                for (record, time, diff) in updates.drain(..) {
+                    pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new())).1.push((record, diff));
+                }
+            });
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                let (cap, mut updates) = entry.remove();
+                differential_dataflow::consolidation::consolidate(&mut updates);
+                // Per key: the state that arrived, else a tombstone for the state that left.
+                let mut changes: BTreeMap<GraphKey, Option<EdgeState>> = BTreeMap::new();
+                for ((key, state), diff) in updates {
+                    if diff > 0 {
+                        changes.insert(key, Some(state));
+                    } else {
+                        changes.entry(key).or_insert(None);
+                    }
+                }
+                let records = changes.into_iter().map(|((level, src, dst, dst_port, protocol), state)| {
+                    let state = state.unwrap_or(EdgeState { volume: Volume::default(), first_seen: 0, last_seen: 0 });
+                    GraphEdge {
+                        level,
+                        present: state.volume.flows > 0,
+                        src,
+                        dst,
+                        dst_port: dst_port.into(),
+                        protocol: protocol.into(),
+                        window_ms: window_ms as i64,
+                        flows: state.volume.flows,
+                        bytes_out: state.volume.bytes_out,
+                        bytes_in: state.volume.bytes_in,
+                        packets_out: state.volume.packets_out,
+                        packets_in: state.volume.packets_in,
+                        first_seen_ms: state.first_seen as i64,
+                        last_seen_ms: state.last_seen as i64,
+                        event_time_ms: time as i64,
+                    }
+                });
+                output.session(&cap).give_iterator(records);
+            }
+        }
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::testing::{edge, run_collection};
+
+    #[test]
+    fn edges_carry_their_volume_and_first_and_last_seen_within_the_window() {
+        let a = edge("pod:shop/web-1", Some("web"), "host:10.0.0.9", None, 5432);
+        let b = edge("pod:shop/web-2", Some("web"), "host:10.0.0.9", None, 5432);
+        let updates = vec![(a.clone(), 1000, 1), (a.clone(), 3000, 2), (b, 2000, 1)];
+        let at = |t| crate::testing::run_collection_at(updates.clone(), 5000, vec![t], service_graph).remove(0);
+        let state_at_4000 = at(4000);
+        let entity = state_at_4000
+            .iter()
+            .find(|((key, _), _)| key.0 == EdgeLevel::Entity && key.1 == "pod:shop/web-1")
+            .expect("entity edge");
+        assert_eq!((entity.0 .1.first_seen, entity.0 .1.last_seen, entity.0 .1.volume.flows), (1000, 3000, 3));
+        let workload = state_at_4000.iter().find(|((key, _), _)| key.0 == EdgeLevel::Workload).expect("workload edge");
+        assert_eq!((workload.0 .1.first_seen, workload.0 .1.last_seen, workload.0 .1.volume.flows), (1000, 3000, 4));
+        // At 6000 the contact at 1000 has left the window: first seen moves on.
+        let later = at(6000);
+        let entity =
+            later.iter().find(|((key, _), _)| key.0 == EdgeLevel::Entity && key.1 == "pod:shop/web-1").unwrap();
+        assert_eq!((entity.0 .1.first_seen, entity.0 .1.volume.flows), (3000, 2));
+        assert!(later.iter().all(|(_, n)| *n == 1));
+    }
 
     #[test]
     fn replicas_fold_into_one_workload_edge_with_summed_volume() {

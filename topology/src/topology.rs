@@ -2,13 +2,13 @@
 //! It reads like ARCHITECTURE's picture: service graph → peer groups → detectors → lifecycle.
 
 use differential_dataflow::VecCollection;
-use peergraph_schemas::Alert;
+use peergraph_schemas::{Alert, GraphEdge};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
-use crate::graph::{workload_graph, Edge, WorkloadEdge};
+use crate::graph::{graph_changes, service_graph, Edge, EdgeState, GraphKey, WorkloadEdge};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::membership;
 use crate::time::{Epoch, TimeConfig};
@@ -38,8 +38,10 @@ pub struct Inputs<'s> {
 
 /// The dataflow's outputs.
 pub struct Outputs<'s> {
-    /// The windowed workload-level service graph.
-    pub workload_graph: VecCollection<'s, Epoch, WorkloadEdge, Volume>,
+    /// The windowed service graph at entity and workload level, with first / last seen.
+    pub graph: VecCollection<'s, Epoch, (GraphKey, EdgeState)>,
+    /// The graph's changes, for the service-graph changelog topic.
+    pub graph_changes: Stream<'s, Epoch, Vec<GraphEdge>>,
     /// Every detector's findings.
     pub findings: VecCollection<'s, Epoch, Finding>,
     /// Alert lifecycle events, each at the epoch that produced it.
@@ -59,8 +61,10 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     };
     let findings = findings(&config.detectors, &detector_inputs);
     let observed = observation_start(edges.clone());
+    let graph = service_graph(detector_inputs.contacts.clone());
     Outputs {
-        workload_graph: workload_graph(edges),
+        graph_changes: graph_changes(graph.clone(), config.time.window_ms()),
+        graph,
         alerts: alert_lifecycle(findings.clone(), observed, timings),
         findings,
     }

@@ -1,7 +1,7 @@
 //! The Kafka edges of the pipeline: client configuration, topic provisioning, the flow source
-//! that feeds the timely workers and the alert sink that writes their output.
+//! that feeds the timely workers and the output sinks (alerts, service graph) that write their output.
 
-pub mod alerts;
+pub mod output;
 pub mod source;
 
 use std::time::{Duration, Instant};
@@ -125,13 +125,22 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
-    let names: Vec<&str> = [topics.flows.as_str(), topics.alerts.as_str(), topics.dead_letter.as_str()]
-        .into_iter()
-        .filter(|t| !t.is_empty())
-        .collect();
+    let names: Vec<&str> =
+        [topics.flows.as_str(), topics.alerts.as_str(), topics.service_graph.as_str(), topics.dead_letter.as_str()]
+            .into_iter()
+            .filter(|t| !t.is_empty())
+            .collect();
     let new: Vec<NewTopic> = names
         .iter()
-        .map(|name| NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor)))
+        .map(|name| {
+            let topic = NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor));
+            // The changelog keeps each edge's latest state.
+            if *name == topics.service_graph {
+                topic.set("cleanup.policy", "compact")
+            } else {
+                topic
+            }
+        })
         .collect();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use differential_dataflow::difference::Semigroup;
 use peergraph_schemas::codec::Decoder;
 use peergraph_schemas::Flow;
-use peergraph_topology::{Edge, EntityResolver, Epoch, TimeConfig, Volume};
+use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, TimeConfig, Volume};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -71,6 +71,48 @@ struct Intake {
     metrics: Arc<Metrics>,
     /// Rejection kinds already logged (each is logged once, with a sample).
     logged: HashSet<&'static str>,
+    /// Wall clock at the start of the current poll, ms since the Unix epoch.
+    wall_ms: i64,
+    max_future_ms: i64,
+    max_flow_bytes: i64,
+    destinations: DestinationCap,
+}
+
+/// Distinct destinations per source entity in the window, up to a cap. Entries older than the
+/// window are swept once per tick, so memory follows the live (source, destination) pairs.
+struct DestinationCap {
+    cap: usize,
+    window_ms: u64,
+    tick_ms: u64,
+    last_sweep: Epoch,
+    seen: HashMap<String, HashMap<String, Epoch>>,
+}
+
+impl DestinationCap {
+    /// Whether `destination` may be kept as itself for `source` at `epoch`.
+    fn admit(&mut self, source: &str, destination: &str, epoch: Epoch) -> bool {
+        if epoch >= self.last_sweep + self.tick_ms {
+            let horizon = epoch.saturating_sub(self.window_ms);
+            self.seen.retain(|_, destinations| {
+                destinations.retain(|_, last| *last > horizon);
+                !destinations.is_empty()
+            });
+            self.last_sweep = epoch;
+        }
+        let destinations = match self.seen.get_mut(source) {
+            Some(destinations) => destinations,
+            None => self.seen.entry(source.to_owned()).or_default(),
+        };
+        if let Some(last) = destinations.get_mut(destination) {
+            *last = (*last).max(epoch);
+            return true;
+        }
+        if destinations.len() >= self.cap {
+            return false;
+        }
+        destinations.insert(destination.to_owned(), epoch);
+        true
+    }
 }
 
 impl FlowSource {
@@ -143,6 +185,16 @@ impl FlowSource {
             dead_letter,
             metrics,
             logged: HashSet::new(),
+            wall_ms: 0,
+            max_future_ms: config.input.max_future.as_millis() as i64,
+            max_flow_bytes: config.input.max_flow_bytes,
+            destinations: DestinationCap {
+                cap: config.input.max_destinations_per_source,
+                window_ms: config.time.window_ms(),
+                tick_ms: config.time.tick_ms(),
+                last_sweep: 0,
+                seen: HashMap::new(),
+            },
         };
         Ok(FlowSource { consumer, intake, pending: VecDeque::new() })
     }
@@ -152,6 +204,7 @@ impl FlowSource {
     /// Returns the number of messages read.
     pub fn poll(&mut self, batch: &mut EdgeBatch, floor: Epoch) -> Result<usize, KafkaError> {
         let now = Instant::now();
+        self.intake.wall_ms = crate::simulate::now_ms();
         let mut read = 0;
         let mut max_epoch: Option<Epoch> = None;
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
@@ -280,6 +333,16 @@ impl Intake {
             self.reject(message, invalid.kind(), &invalid.to_string())?;
             return Ok(None);
         }
+        if flow.end_ms > self.wall_ms + self.max_future_ms {
+            let reason = format!("end_ms {} is more than input.max_future ahead of the clock", flow.end_ms);
+            self.reject(message, "future_timestamp", &reason)?;
+            return Ok(None);
+        }
+        if flow.bytes_out.max(flow.bytes_in) > self.max_flow_bytes {
+            let reason = format!("{} / {} bytes is over input.max_flow_bytes", flow.bytes_out, flow.bytes_in);
+            self.reject(message, "absurd_volume", &reason)?;
+            return Ok(None);
+        }
         let epoch = self.time.epoch_of(flow.end_ms);
         let clock = self.partitions.get_mut(&partition).expect("partition checked above");
         let watermark = clock.max_epoch.map_or(0, |m| m.saturating_sub(self.time.lateness_ms()));
@@ -292,9 +355,15 @@ impl Intake {
             }
             return Ok(None);
         }
+        let src = self.resolver.resolve(&flow.src_addr, flow.src_meta.as_ref());
+        let mut dst = self.resolver.resolve(&flow.dst_addr, flow.dst_meta.as_ref());
+        if !self.destinations.admit(&src.entity, dst.node(), epoch) {
+            self.metrics.destinations_capped.inc();
+            dst = Endpoint::overflow();
+        }
         let edge = Edge {
-            src: self.resolver.resolve(&flow.src_addr, flow.src_meta.as_ref()),
-            dst: self.resolver.resolve(&flow.dst_addr, flow.dst_meta.as_ref()),
+            src,
+            dst,
             // validate() checked both ranges
             dst_port: flow.dst_port as u16,
             protocol: flow.protocol as u8,

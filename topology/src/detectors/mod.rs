@@ -2,6 +2,7 @@
 //! ("pod X talks to Y, which none of its peers touch") that holds while its evidence is in the
 //! window; the lifecycle stage turns findings appearing and disappearing into alert events.
 
+pub mod entity_cap;
 pub mod peer_deviation;
 pub mod peer_unique;
 
@@ -19,6 +20,7 @@ use crate::volume::Volume;
 pub struct DetectorsConfig {
     pub peer_unique_destination: peer_unique::PeerUniqueConfig,
     pub peer_group_deviation: peer_deviation::PeerDeviationConfig,
+    pub entity_cap: entity_cap::EntityCapConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -89,6 +91,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     if config.peer_group_deviation.enabled {
         all.push(peer_deviation::detect(&config.peer_group_deviation, inputs));
+    }
+    if config.entity_cap.enabled {
+        all.push(entity_cap::detect(&config.entity_cap, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }

@@ -1,6 +1,7 @@
-//! The alert sink: a timely operator on every worker that produces the alert events of its
-//! worker to the alerts topic, keyed by alert id, and flushes them before it lets the epoch's
-//! progress through, so an offset commit never overtakes an alert it caused.
+//! The output sinks: a timely operator on every worker that produces its worker's records (alert
+//! events keyed by alert id, service-graph changes keyed by edge) to a topic and flushes them
+//! before it lets the epoch's progress through, so an offset commit never overtakes an output it
+//! caused.
 
 use std::cell::{Cell, RefCell};
 use std::rc::Rc;
@@ -8,8 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use peergraph_schemas::codec::Encoder;
-use peergraph_schemas::Alert;
+use peergraph_schemas::codec::{Encoder, Record};
+use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::Epoch;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
@@ -41,12 +42,46 @@ impl ProducerContext for DeliveryWatch {
     }
 }
 
-/// One worker's connection to the alerts topic.
-pub struct AlertSink {
+/// What the sink needs to know of a record it produces.
+pub trait Output: Record {
+    /// The Kafka message key.
+    fn key(&self) -> String;
+    /// The message timestamp (event time, ms).
+    fn event_time_ms(&self) -> i64;
+    /// Counts one produced record.
+    fn count(&self, metrics: &Metrics);
+}
+
+impl Output for Alert {
+    fn key(&self) -> String {
+        self.alert_id.clone()
+    }
+    fn event_time_ms(&self) -> i64 {
+        self.event_time_ms
+    }
+    fn count(&self, metrics: &Metrics) {
+        metrics.alert_produced(&format!("{:?}", self.event).to_lowercase());
+    }
+}
+
+impl Output for GraphEdge {
+    fn key(&self) -> String {
+        format!("{}|{}|{}|{}|{}", self.level.as_str(), self.src, self.dst, self.dst_port, self.protocol)
+    }
+    fn event_time_ms(&self) -> i64 {
+        self.event_time_ms
+    }
+    fn count(&self, metrics: &Metrics) {
+        metrics.graph_changes.inc();
+    }
+}
+
+/// One worker's connection to an output topic.
+pub struct RecordSink<T: Output> {
     producer: ThreadedProducer<DeliveryWatch>,
     failed: Arc<AtomicU64>,
     topic: String,
-    encoder: Encoder<Alert>,
+    encoder: Encoder<T>,
     metrics: Arc<Metrics>,
     /// Set when the worker is stopping: what the dataflow still emits then (the window's
     /// retractions beyond the last input) is not news and is dropped.
@@ -55,13 +90,16 @@ pub struct AlertSink {
     pub error: Rc<RefCell<Option<KafkaError>>>,
 }
 
-impl AlertSink {
+impl<T: Output> RecordSink<T> {
+    /// A sink whose `stopping` flag and error slot are shared with other sinks of the worker.
     pub fn new(
         client: &ClientConfig,
         topic: &str,
-        encoder: Encoder<Alert>,
+        encoder: Encoder<T>,
         metrics: Arc<Metrics>,
-    ) -> Result<AlertSink, KafkaError> {
+        stopping: Rc<Cell<bool>>,
+        error: Rc<RefCell<Option<KafkaError>>>,
+    ) -> Result<RecordSink<T>, KafkaError> {
         let context = DeliveryWatch::default();
         let failed = context.failed.clone();
         let producer = client
@@ -70,27 +108,20 @@ impl AlertSink {
             .set("acks", "all")
             .set("linger.ms", "5")
             .create_with_context(context)
-            .map_err(|source| KafkaError::Client { context: "creating alert producer".into(), source })?;
-        Ok(AlertSink {
-            producer,
-            failed,
-            topic: topic.to_owned(),
-            encoder,
-            metrics,
-            stopping: Rc::new(Cell::new(false)),
-            error: Rc::new(RefCell::new(None)),
-        })
+            .map_err(|source| KafkaError::Client { context: format!("creating the producer for {topic}"), source })?;
+        Ok(RecordSink { producer, failed, topic: topic.to_owned(), encoder, metrics, stopping, error })
     }
 
-    fn produce(&self, alert: &Alert, buffer: &mut Vec<u8>) -> Result<(), KafkaError> {
+    fn produce(&self, output: &T, buffer: &mut Vec<u8>) -> Result<(), KafkaError> {
         buffer.clear();
         self.encoder
-            .encode(alert, buffer)
+            .encode(output, buffer)
             .map_err(|e| KafkaError::Encode { topic: self.topic.clone(), reason: e.to_string() })?;
+        let key = output.key();
         let mut record = BaseRecord::to(&self.topic)
-            .key(alert.alert_id.as_bytes())
+            .key(key.as_bytes())
             .payload(buffer.as_slice())
-            .timestamp(alert.event_time_ms);
+            .timestamp(output.event_time_ms());
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -117,10 +148,11 @@ impl AlertSink {
     }
 }
 
-/// Produces `alerts` to Kafka. The returned (empty) stream's frontier passes an epoch only after
-/// that epoch's alerts are acknowledged by the brokers: probe it to know what is durable.
-pub fn produce_alerts<'s>(alerts: Stream<'s, Epoch, Vec<Alert>>, sink: AlertSink) -> Stream<'s, Epoch, Vec<()>> {
-    alerts.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "ProduceAlerts", move |_, _| {
+/// Produces `records` to Kafka. The returned (empty) stream's frontier passes an epoch only after
+/// that epoch's records are acknowledged by the brokers: probe it to know what is durable.
+pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSink<T>) -> Stream<'s, Epoch, Vec<()>> {
+    let name = format!("Produce {}", sink.topic);
+    records.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, &name, move |_, _| {
         let mut buffer = Vec::new();
         move |input, _output| {
             let mut produced = 0;
@@ -129,19 +161,11 @@ pub fn produce_alerts<'s>(alerts: Stream<'s, Epoch, Vec<Alert>>, sink: AlertSink
                     batch.clear();
                     return;
                 }
-                for alert in batch.drain(..) {
-                    match sink.produce(&alert, &mut buffer) {
+                for record in batch.drain(..) {
+                    match sink.produce(&record, &mut buffer) {
                         Ok(()) => {
                             produced += 1;
-                            sink.metrics.alert_produced(&format!("{:?}", alert.event).to_lowercase());
-                            tracing::debug!(
-                                alert_id = %alert.alert_id,
-                                event = ?alert.event,
-                                detector = %alert.detector,
-                                entity = %alert.entity,
-                                event_time_ms = alert.event_time_ms,
-                                "alert"
-                            );
+                            record.count(&sink.metrics);
                         }
                         Err(error) => {
                             *sink.error.borrow_mut() = Some(error);
