@@ -4,20 +4,26 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use peergraph_schemas::codec::Decoder;
 use peergraph_schemas::Alert;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, ConsumerContext, Rebalance, StreamConsumer};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::util::Timeout;
 use rdkafka::{ClientConfig, ClientContext, Message, Offset, TopicPartitionList};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::config::ConnectConfig;
 use crate::delivery::{
-    check_sinks, deliver_batches, AlertSource, ConnectReport, OffsetCommitter, SourceEvent, SourceMessage,
+    check_sinks, close_sinks, deliver_batches, AlertSource, ConnectReport, DeadLetter, DeadLetterQueue,
+    OffsetCommitter, RoutedSinks, SourceEvent, SourceMessage,
 };
 use crate::error::ConnectError;
+use crate::sinks::CustomSinks;
 
 /// Delivers the alerts on `topic` to the sinks `config` names until `shutdown` completes (or
 /// `config.idle_exit` passes without a message), at least once.
@@ -33,13 +39,22 @@ pub async fn run(
     config: &ConnectConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ConnectReport, ConnectError> {
+    run_with(client, topic, config, &CustomSinks::new(), shutdown).await
+}
+
+/// [`run`], with sink types of your own (`type = "custom"` instances) built by `custom`.
+pub async fn run_with(
+    client: ClientConfig,
+    topic: &str,
+    config: &ConnectConfig,
+    custom: &CustomSinks,
+    shutdown: impl Future<Output = ()>,
+) -> Result<ConnectReport, ConnectError> {
     let span = tracing::info_span!("connect", topic, group_id = %config.group_id);
     async move {
-        let mut sinks = config.build_sinks().await?;
-        if let Err(error) = check_sinks(&mut sinks, &config.retry).await {
-            for sink in sinks.iter_mut() {
-                let _ = sink.close().await;
-            }
+        let (mut slots, router) = config.build_slots(custom).await?;
+        if let Err(error) = check_sinks(&mut slots).await {
+            close_sinks(&mut slots).await;
             return Err(error);
         }
 
@@ -56,17 +71,37 @@ pub async fn run(
         consumer
             .subscribe(&[topic])
             .map_err(|source| ConnectError::Kafka { context: format!("subscribe to topic {topic}"), source })?;
-        let sink_names: Vec<&str> = sinks.iter().map(|sink| sink.name()).collect();
-        tracing::info!(sinks = ?sink_names, "consuming alerts");
+        let dead_letters: Option<Arc<dyn DeadLetterQueue>> = match &config.dead_letter_topic {
+            Some(dead_letter_topic) => {
+                let producer: FutureProducer = client.create().map_err(|source| ConnectError::Kafka {
+                    context: "create the dead-letter producer".into(),
+                    source,
+                })?;
+                Some(Arc::new(KafkaDeadLetters { producer, topic: dead_letter_topic.clone() }))
+            }
+            None => None,
+        };
+        let sink_names: Vec<&str> = slots.iter().map(|slot| slot.name.as_str()).collect();
+        tracing::info!(sinks = ?sink_names, dead_letter_topic = ?config.dead_letter_topic, "consuming alerts");
 
         let consumer = Arc::new(consumer);
         let mut source = KafkaSource { consumer: Arc::clone(&consumer), assignments };
         let mut committer = KafkaCommitter { consumer, topic: topic.to_owned() };
         let decoder = Decoder::<Alert>::default();
-        deliver_batches(&mut source, &mut committer, &mut sinks, &decoder, config, shutdown).await
+        let sinks = RoutedSinks { slots, router, dead_letters };
+        deliver_batches(&mut source, &mut committer, sinks, &decoder, config, shutdown).await
     }
     .instrument(span)
     .await
+}
+
+/// `peergraph connect --check`: builds every configured sink (reading its secrets) and runs its
+/// health check (with its retry policy), without touching Kafka; returns the sink instances' names.
+pub async fn check(config: &ConnectConfig, custom: &CustomSinks) -> Result<Vec<String>, ConnectError> {
+    let (mut slots, _router) = config.build_slots(custom).await?;
+    let checked = check_sinks(&mut slots).await;
+    close_sinks(&mut slots).await;
+    checked.map(|()| slots.iter().map(|slot| slot.name.clone()).collect())
 }
 
 /// Logs rebalances and tells the source when partitions were assigned.
@@ -144,15 +179,38 @@ impl OffsetCommitter for KafkaCommitter {
     }
 }
 
+/// The dead-letter topic: one JSON [`DeadLetter`] per alert event, keyed by alert id, with the sink,
+/// the error and the attempt count also as headers for tools that only read headers.
+struct KafkaDeadLetters {
+    producer: FutureProducer,
+    topic: String,
+}
+
+#[async_trait]
+impl DeadLetterQueue for KafkaDeadLetters {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), String> {
+        let payload = serde_json::to_vec(letter).map_err(|error| format!("encode the dead letter: {error}"))?;
+        let attempts = letter.attempts.to_string();
+        let headers = OwnedHeaders::new()
+            .insert(Header { key: "peergraph.sink", value: Some(letter.sink.as_str()) })
+            .insert(Header { key: "peergraph.error", value: Some(letter.error.as_str()) })
+            .insert(Header { key: "peergraph.attempts", value: Some(attempts.as_str()) });
+        let record = FutureRecord::to(&self.topic).key(&letter.alert.alert_id).payload(&payload).headers(headers);
+        self.producer
+            .send(record, Timeout::After(Duration::from_secs(30)))
+            .await
+            .map(|_| ())
+            .map_err(|(error, _)| format!("produce to {}: {error}", self.topic))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::BTreeMap;
-    use std::time::Duration;
 
     use peergraph_schemas::{AlertEvent, Severity};
     use rdkafka::consumer::BaseConsumer;
     use rdkafka::mocking::MockCluster;
-    use rdkafka::producer::{FutureProducer, FutureRecord};
 
     use super::*;
 
@@ -162,6 +220,23 @@ mod tests {
         let config = ConnectConfig::default();
         let running = run(ClientConfig::new(), "peergraph.alerts", &config, std::future::pending());
         assert_send(&running);
+    }
+
+    #[tokio::test]
+    async fn check_health_checks_every_sink_and_names_the_failing_one() {
+        let dir = tempfile::tempdir().expect("dir");
+        let config = ConnectConfig { file: Some(dir.path().join("alerts.jsonl")), ..ConnectConfig::default() };
+        assert_eq!(check(&config, &CustomSinks::new()).await.expect("healthy"), ["console", "file"]);
+        let mut broken = config.clone();
+        broken.sinks.push(crate::sinks::SinkConfig::new(
+            "hook",
+            crate::sinks::SinkKind::Exec(crate::exec::ExecSinkConfig {
+                command: "/nonexistent/hook".into(),
+                ..Default::default()
+            }),
+        ));
+        let error = check(&broken, &CustomSinks::new()).await.expect_err("the hook is missing");
+        assert!(matches!(&error, ConnectError::HealthCheck { sink, .. } if sink == "hook"), "{error}");
     }
 
     #[test]

@@ -1,20 +1,29 @@
-//! The heart of the connector, free of Kafka: messages in, decoded, batched by size and time, handed
-//! to every sink (with shared retries), and only then acknowledged — at least once. `consumer.rs`
-//! plugs Kafka into it; the tests plug in a channel.
+//! The heart of the connector, free of Kafka: messages in, decoded, routed to sink instances, each
+//! of which batches (by size and time), rate-limits, retries and circuit-breaks on its own; a batch a
+//! sink gives up on goes to the dead-letter topic. Offsets are committed only up to the first message
+//! some routed sink has not acknowledged yet — at least once. `consumer.rs` plugs Kafka into it; the
+//! tests plug in channels.
 
 use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use peergraph_schemas::codec::{DecodeError, Decoder};
 use peergraph_schemas::{Alert, AlertEvent};
+use serde::{Deserialize, Serialize};
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
 use tokio::time::{sleep_until, Instant};
 use tracing::Instrument;
 
 use crate::config::ConnectConfig;
 use crate::error::ConnectError;
+use crate::metrics::{metrics, ConnectMetrics};
+use crate::policy::{BatchConfig, CircuitBreaker, CircuitBreakerConfig, CircuitState, RateLimitConfig, RateLimiter};
 use crate::retry::{Attempts, GaveUp, RetryConfig};
+use crate::routing::Router;
 use crate::sink::Sink;
 
 /// One message from the alerts topic.
@@ -62,61 +71,41 @@ pub(crate) trait OffsetCommitter: Send {
 /// What a run of the connector did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ConnectReport {
-    /// `raised` alert events delivered to every sink (and committed, or at least attempted).
+    /// `raised` alert events acknowledged by every sink they were routed to (and committed, or at
+    /// least attempted). A sink acknowledges by taking the event, or by dead-lettering it.
     pub raised: u64,
-    /// `updated` alert events delivered to every sink.
+    /// `updated` alert events acknowledged by every sink they were routed to.
     pub updated: u64,
-    /// `cleared` alert events delivered to every sink.
+    /// `cleared` alert events acknowledged by every sink they were routed to.
     pub cleared: u64,
     /// Messages that were not alerts (malformed, empty, unknown schema): logged, skipped, committed.
     pub skipped: u64,
     /// `skipped`, by [`DecodeError::kind`].
     pub skipped_by_kind: BTreeMap<&'static str, u64>,
-    /// Batches delivered to every sink.
+    /// Alert events no routing rule sent anywhere (committed without a sink call).
+    pub unrouted: u64,
+    /// Successful sink calls, over every sink.
     pub batches: u64,
     /// Sink calls that were tried again after a retryable failure.
     pub retries: u64,
+    /// Alert events (per sink) sent to the dead-letter topic after the sink gave up on them.
+    pub dead_lettered: u64,
     /// Offset commits that failed (the next commit, or a restart's redelivery, covers them).
     pub commit_failures: u64,
 }
 
 impl ConnectReport {
-    /// Alert events of every kind delivered to every sink.
+    /// Alert events of every kind acknowledged by every routed sink.
     pub fn delivered(&self) -> u64 {
         self.raised + self.updated + self.cleared
     }
 
-    fn count_delivered(&mut self, alerts: &[Alert]) {
-        for alert in alerts {
-            match alert.event {
-                AlertEvent::Raised => self.raised += 1,
-                AlertEvent::Updated => self.updated += 1,
-                AlertEvent::Cleared => self.cleared += 1,
-            }
+    fn count_acknowledged(&mut self, event: AlertEvent) {
+        match event {
+            AlertEvent::Raised => self.raised += 1,
+            AlertEvent::Updated => self.updated += 1,
+            AlertEvent::Cleared => self.cleared += 1,
         }
-    }
-}
-
-/// Alerts decoded since the last commit, and how far each partition has been read.
-#[derive(Default)]
-struct Batch {
-    alerts: Vec<Alert>,
-    /// Partition → next offset to read, over every message of the batch, skipped ones included.
-    positions: BTreeMap<i32, i64>,
-    /// When the batch's first message arrived.
-    opened: Option<Instant>,
-}
-
-impl Batch {
-    fn record_position(&mut self, partition: i32, offset: i64) {
-        self.opened.get_or_insert_with(Instant::now);
-        let next = offset.saturating_add(1);
-        let position = self.positions.entry(partition).or_insert(next);
-        *position = (*position).max(next);
-    }
-
-    fn is_empty(&self) -> bool {
-        self.positions.is_empty()
     }
 }
 
@@ -143,112 +132,330 @@ impl SkipLog {
     }
 }
 
-/// Health-checks every sink (with retries), before anything is consumed.
-pub(crate) async fn check_sinks(sinks: &mut [Box<dyn Sink>], retry: &RetryConfig) -> Result<(), ConnectError> {
-    for sink in sinks.iter_mut() {
-        let name = sink.name().to_owned();
-        let mut attempts = Attempts::new(retry, &name, "health_check");
+/// How one sink instance is driven: its batching, retries, rate limit and circuit breaker.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct SinkPolicy {
+    pub batch: BatchConfig,
+    pub retry: RetryConfig,
+    pub rate_limit: Option<RateLimitConfig>,
+    pub circuit_breaker: CircuitBreakerConfig,
+}
+
+/// A built sink with its instance name and policy.
+pub(crate) struct SinkSlot {
+    pub name: String,
+    pub sink: Box<dyn Sink>,
+    pub policy: SinkPolicy,
+}
+
+/// What goes to the dead-letter topic when a sink gives up on an alert event: the event itself and why.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DeadLetter {
+    /// The sink instance that gave up.
+    pub sink: String,
+    /// Its last error (secrets are never part of sink errors).
+    pub error: String,
+    /// Whether that error was transient (attempts ran out) or permanent (rejected).
+    pub retryable: bool,
+    /// Calls made before giving up.
+    pub attempts: u32,
+    /// Where the alert event was read from.
+    pub partition: i32,
+    /// Where the alert event was read from.
+    pub offset: i64,
+    /// The alert event.
+    pub alert: Alert,
+}
+
+/// Where alert events go that a sink gave up on: the dead-letter topic, or a list in tests.
+#[async_trait]
+pub(crate) trait DeadLetterQueue: Send + Sync {
+    /// Durably records `letter`; only then is the event acknowledged for that sink.
+    async fn send(&self, letter: &DeadLetter) -> Result<(), String>;
+}
+
+/// The sink instances, how alerts are routed to them, and where what they give up on goes.
+pub(crate) struct RoutedSinks {
+    pub slots: Vec<SinkSlot>,
+    pub router: Router,
+    pub dead_letters: Option<Arc<dyn DeadLetterQueue>>,
+}
+
+/// Health-checks every sink (with its retry policy), before anything is consumed.
+pub(crate) async fn check_sinks(slots: &mut [SinkSlot]) -> Result<(), ConnectError> {
+    for slot in slots.iter_mut() {
+        let mut attempts = Attempts::new(&slot.policy.retry, &slot.name, "health_check");
         loop {
-            match sink.health_check().await {
+            match slot.sink.health_check().await {
                 Ok(()) => break,
                 Err(error) => attempts.failed(error).await.map_err(|GaveUp { error, attempts: made }| {
-                    ConnectError::HealthCheck { sink: name.clone(), attempts: made, source: error }
+                    ConnectError::HealthCheck { sink: slot.name.clone(), attempts: made, source: error }
                 })?,
             }
         }
-        tracing::info!(sink = %name, "sink is healthy");
+        tracing::info!(sink = %slot.name, "sink is healthy");
     }
     Ok(())
 }
 
+/// Closes every sink; a failure is logged, since everything acknowledged was already delivered.
+pub(crate) async fn close_sinks(slots: &mut [SinkSlot]) {
+    for slot in slots.iter_mut() {
+        if let Err(error) = slot.sink.close().await {
+            tracing::warn!(sink = %slot.name, %error, "closing the sink failed");
+        }
+    }
+}
+
+/// One alert event on its way to one sink.
+struct Envelope {
+    partition: i32,
+    offset: i64,
+    alert: Alert,
+}
+
+/// What a sink worker tells the consumer loop.
+enum WorkerNews {
+    /// The sink took these events (or dead-lettered them).
+    Acknowledged { positions: Vec<(i32, i64)>, retries: u64, dead_lettered: u64 },
+    /// The sink gave up with no dead-letter topic to fall back on, or the dead-letter topic failed.
+    Failed(ConnectError),
+}
+
+/// Per partition: the offsets read but not yet acknowledged by every routed sink.
+#[derive(Default)]
+struct PartitionOffsets {
+    /// Offset → (acknowledgements still missing, the event's kind).
+    pending: BTreeMap<i64, (usize, AlertEvent)>,
+    /// One past the highest offset read.
+    next: i64,
+    /// The position last committed.
+    committed: Option<i64>,
+}
+
+/// Which offsets may be committed: everything below the first one still waiting for a sink.
+#[derive(Default)]
+struct OffsetTracker {
+    partitions: BTreeMap<i32, PartitionOffsets>,
+    in_flight: usize,
+}
+
+impl OffsetTracker {
+    /// A message was read; `sinks` acknowledgements are expected for it (0: it is done already).
+    fn read(&mut self, partition: i32, offset: i64, sinks: usize, event: AlertEvent) {
+        let offsets = self.partitions.entry(partition).or_insert_with(|| PartitionOffsets {
+            // The consumer started here, so this is what the group has committed already (or the
+            // reset position): no commit is due until something moves past it.
+            committed: Some(offset),
+            next: offset,
+            pending: BTreeMap::new(),
+        });
+        offsets.next = offsets.next.max(offset.saturating_add(1));
+        if sinks > 0 && offsets.pending.insert(offset, (sinks, event)).is_none() {
+            self.in_flight += 1;
+        }
+    }
+
+    /// One sink acknowledged the message; its event kind once every sink did.
+    fn acknowledge(&mut self, partition: i32, offset: i64) -> Option<AlertEvent> {
+        let offsets = self.partitions.get_mut(&partition)?;
+        let (missing, event) = offsets.pending.get_mut(&offset)?;
+        *missing -= 1;
+        if *missing > 0 {
+            return None;
+        }
+        let event = *event;
+        offsets.pending.remove(&offset);
+        self.in_flight -= 1;
+        Some(event)
+    }
+
+    /// Positions (partition → next offset to read) that moved since they were last committed.
+    fn committable(&self) -> BTreeMap<i32, i64> {
+        self.partitions
+            .iter()
+            .filter_map(|(&partition, offsets)| {
+                let position = offsets.pending.keys().next().copied().unwrap_or(offsets.next);
+                (offsets.committed != Some(position)).then_some((partition, position))
+            })
+            .collect()
+    }
+
+    fn committed(&mut self, positions: &BTreeMap<i32, i64>) {
+        for (partition, &position) in positions {
+            if let Some(offsets) = self.partitions.get_mut(partition) {
+                offsets.committed = Some(position);
+            }
+        }
+    }
+}
+
+/// Commits what may be committed, if anything moved.
+async fn commit(tracker: &mut OffsetTracker, committer: &mut impl OffsetCommitter, report: &mut ConnectReport) {
+    let positions = tracker.committable();
+    if positions.is_empty() {
+        return;
+    }
+    match committer.commit(&positions).await {
+        Ok(()) => {
+            tracing::debug!(?positions, "committed");
+            tracker.committed(&positions);
+        }
+        Err(error) => {
+            report.commit_failures += 1;
+            tracing::warn!(?positions, %error, "committing acknowledged alerts failed; they may be delivered again");
+        }
+    }
+}
+
 /// Consumes `source` until it ends, `shutdown` completes or `config.idle_exit` passes without a
-/// message (counted from the source's first event): decodes, batches, delivers each batch to every
-/// sink and then commits it. On the way out the in-flight batch is delivered and committed, and the
-/// sinks are closed. When a sink gives up on a batch, or a schema cannot be looked up, nothing more is
-/// committed and the error is returned (after closing the sinks). A shutdown that arrives while a
-/// batch is being retried waits for that batch: retries are bounded by `config.retry`.
+/// message (counted from the source's first event): decodes, routes each alert event to its sinks'
+/// workers, and commits offsets as the workers acknowledge. On the way out the workers deliver what
+/// they hold (graceful drain: retries stay bounded by each sink's policy), the acknowledged offsets
+/// are committed and the sinks closed. When a sink gives up with no dead-letter topic, or a schema
+/// cannot be looked up, nothing more is read, the other sinks drain, and the error is returned;
+/// what that sink did not take stays uncommitted.
 pub(crate) async fn deliver_batches(
     source: &mut impl AlertSource,
     committer: &mut impl OffsetCommitter,
-    sinks: &mut [Box<dyn Sink>],
+    sinks: RoutedSinks,
     decoder: &Decoder<Alert>,
     config: &ConnectConfig,
     shutdown: impl Future<Output = ()>,
 ) -> Result<ConnectReport, ConnectError> {
+    let RoutedSinks { slots, router, dead_letters } = sinks;
     let mut shutdown = pin!(shutdown);
     let mut report = ConnectReport::default();
-    let mut batch = Batch::default();
     let mut skip_log = SkipLog::default();
+    let mut tracker = OffsetTracker::default();
     // The idle clock starts at the first sign of a live source, so a slow group join is not idleness.
     let mut last_activity: Option<Instant> = None;
+    let mut commit_due: Option<Instant> = None;
+    let mut failure: Option<ConnectError> = None;
+    let mut stopping = false;
 
-    let consumed: Result<(), ConnectError> = loop {
-        let batch_deadline = batch.opened.map(|opened| opened + config.batch_timeout);
+    // Dropping the set (the connector is cancelled) aborts the workers: nothing more is delivered.
+    let mut workers = JoinSet::new();
+    let (news_sender, mut news) = mpsc::unbounded_channel();
+    let mut inboxes = Vec::with_capacity(slots.len());
+    for slot in slots {
+        let (inbox_sender, inbox) = mpsc::unbounded_channel();
+        inboxes.push(inbox_sender);
+        let span = tracing::info_span!("sink", sink = %slot.name);
+        workers.spawn(sink_worker(slot, inbox, news_sender.clone(), dead_letters.clone()).instrument(span));
+    }
+    drop(news_sender);
+
+    loop {
+        if stopping && !inboxes.is_empty() {
+            // Closing the inboxes tells the workers to deliver what they hold and stop.
+            inboxes.clear();
+        }
+        let reading = !stopping && tracker.in_flight < config.max_in_flight;
         let idle_deadline = config.idle_exit.zip(last_activity).map(|(idle, last)| last + idle);
         tokio::select! {
-            // Shutdown first, then an expired batch: neither may starve behind a busy topic.
             biased;
-            () = &mut shutdown => {
-                tracing::info!(in_flight = batch.alerts.len(), "shutting down; delivering the in-flight batch");
-                break Ok(());
+            () = &mut shutdown, if !stopping => {
+                tracing::info!(in_flight = tracker.in_flight, "shutting down; draining in-flight batches");
+                stopping = true;
             }
-            () = sleep_until_if(batch_deadline) => {
-                if let Err(error) = deliver_and_commit(&mut batch, sinks, committer, config, &mut report).await {
-                    break Err(error);
+            received = news.recv() => match received {
+                // Every worker has finished, and everything they reported is counted.
+                None => break,
+                Some(WorkerNews::Acknowledged { positions, retries, dead_lettered }) => {
+                    report.batches += 1;
+                    report.retries += retries;
+                    report.dead_lettered += dead_lettered;
+                    for (partition, offset) in positions {
+                        if let Some(event) = tracker.acknowledge(partition, offset) {
+                            report.count_acknowledged(event);
+                        }
+                    }
+                    commit(&mut tracker, committer, &mut report).await;
+                }
+                Some(WorkerNews::Failed(error)) => {
+                    tracing::error!(%error, "a sink gave up; stopping");
+                    failure.get_or_insert(error);
+                    stopping = true;
+                }
+            },
+            Some(joined) = workers.join_next() => {
+                if let Err(error) = joined {
+                    if error.is_panic() {
+                        tracing::error!(%error, "a sink worker panicked; stopping");
+                        failure.get_or_insert(ConnectError::Worker { reason: error.to_string() });
+                        stopping = true;
+                    }
                 }
             }
-            () = sleep_until_if(idle_deadline) => {
-                tracing::info!(idle_exit = ?config.idle_exit, "no message for idle_exit; stopping");
-                break Ok(());
+            () = sleep_until_if(commit_due) => {
+                commit_due = None;
+                commit(&mut tracker, committer, &mut report).await;
             }
-            event = source.next_event() => {
+            () = sleep_until_if(idle_deadline), if !stopping => {
+                tracing::info!(idle_exit = ?config.idle_exit, "no message for idle_exit; stopping");
+                stopping = true;
+            }
+            event = source.next_event(), if reading => {
                 last_activity = Some(Instant::now());
                 let SourceMessage { partition, offset, payload } = match event {
                     Some(SourceEvent::Message(message)) => message,
                     Some(SourceEvent::Assigned) => continue,
                     None => {
                         tracing::info!("the alert source ended");
-                        break Ok(());
+                        stopping = true;
+                        continue;
                     }
                 };
                 match decoder.decode(payload.as_deref().unwrap_or_default()) {
-                    Ok(alert) => batch.alerts.push(alert),
+                    Ok(alert) => {
+                        let targets = router.route(&alert);
+                        tracker.read(partition, offset, targets.len(), alert.event);
+                        if targets.is_empty() {
+                            report.unrouted += 1;
+                            tracing::debug!(partition, offset, alert_id = %alert.alert_id, "no route; skipped");
+                            commit_due.get_or_insert_with(|| Instant::now() + config.batch_timeout);
+                        }
+                        for &target in &targets {
+                            // A worker that has stopped has reported why; its inbox is simply closed.
+                            let _ = inboxes[target].send(Envelope { partition, offset, alert: alert.clone() });
+                        }
+                    }
                     Err(error @ DecodeError::SchemaLookup { .. }) => {
-                        break Err(ConnectError::SchemaLookup { partition, offset, source: error });
+                        failure.get_or_insert(ConnectError::SchemaLookup { partition, offset, source: error });
+                        stopping = true;
                     }
                     Err(error) => {
                         skip_log.skipped(partition, offset, &error);
                         report.skipped += 1;
                         *report.skipped_by_kind.entry(error.kind()).or_default() += 1;
-                    }
-                }
-                batch.record_position(partition, offset);
-                if batch.alerts.len() >= config.batch_max {
-                    if let Err(error) = deliver_and_commit(&mut batch, sinks, committer, config, &mut report).await {
-                        break Err(error);
+                        tracker.read(partition, offset, 0, AlertEvent::Raised);
+                        commit_due.get_or_insert_with(|| Instant::now() + config.batch_timeout);
                     }
                 }
             }
         }
-    };
+    }
+    while let Some(joined) = workers.join_next().await {
+        if let Err(error) = joined {
+            failure.get_or_insert(ConnectError::Worker { reason: error.to_string() });
+        }
+    }
+    commit(&mut tracker, committer, &mut report).await;
 
-    let outcome = match consumed {
-        Ok(()) => deliver_and_commit(&mut batch, sinks, committer, config, &mut report).await,
-        Err(error) => Err(error),
-    };
-    close_sinks(sinks).await;
-    match outcome {
-        Ok(()) => {
+    match failure {
+        None => {
             tracing::info!(
                 delivered = report.delivered(),
                 skipped = report.skipped,
                 batches = report.batches,
                 retries = report.retries,
+                dead_lettered = report.dead_lettered,
                 "alert delivery stopped"
             );
             Ok(report)
         }
-        Err(error) => {
+        Some(error) => {
             tracing::error!(%error, delivered = report.delivered(), "alert delivery failed");
             Err(error)
         }
@@ -263,64 +470,122 @@ async fn sleep_until_if(deadline: Option<Instant>) {
     }
 }
 
-/// Hands the batch to every sink in turn, then commits its positions. A sink that gives up stops
-/// everything before the commit: sinks before it may have the batch, and will get it again.
-async fn deliver_and_commit(
-    batch: &mut Batch,
-    sinks: &mut [Box<dyn Sink>],
-    committer: &mut impl OffsetCommitter,
-    config: &ConnectConfig,
-    report: &mut ConnectReport,
-) -> Result<(), ConnectError> {
-    if batch.is_empty() {
-        return Ok(());
-    }
-    if !batch.alerts.is_empty() {
-        for sink in sinks.iter_mut() {
-            let name = sink.name().to_owned();
-            let mut attempts = Attempts::new(&config.retry, &name, "deliver");
-            loop {
-                let alerts = batch.alerts.len();
-                let span = tracing::debug_span!("deliver", sink = %name, alerts, attempt = attempts.made());
-                match sink.deliver(&batch.alerts).instrument(span).await {
-                    Ok(()) => break,
-                    Err(error) => {
-                        if let Err(GaveUp { error, attempts: made }) = attempts.failed(error).await {
-                            report.retries += u64::from(made - 1);
-                            return Err(ConnectError::Delivery {
-                                sink: name.clone(),
-                                attempts: made,
-                                alerts: batch.alerts.len(),
-                                source: error,
-                            });
-                        }
+/// One sink instance: batches what its inbox brings, delivers each batch under the sink's policy,
+/// and reports acknowledgements. Ends when the inbox closes (after delivering what it holds) or when
+/// the sink gives up with nowhere to dead-letter; closes the sink either way.
+async fn sink_worker(
+    mut slot: SinkSlot,
+    mut inbox: mpsc::UnboundedReceiver<Envelope>,
+    news: mpsc::UnboundedSender<WorkerNews>,
+    dead_letters: Option<Arc<dyn DeadLetterQueue>>,
+) {
+    let mut limiter = slot.policy.rate_limit.as_ref().map(RateLimiter::new);
+    let mut breaker = CircuitBreaker::new(&slot.policy.circuit_breaker);
+    let labels = ConnectMetrics::labels(&slot.name);
+    let mut open = true;
+    while open {
+        let Some(first) = inbox.recv().await else { break };
+        let mut batch = vec![first];
+        let deadline = Instant::now() + slot.policy.batch.timeout;
+        while open && batch.len() < slot.policy.batch.max_events {
+            tokio::select! {
+                biased;
+                next = inbox.recv() => match next {
+                    Some(envelope) => batch.push(envelope),
+                    None => open = false,
+                },
+                () = sleep_until(deadline) => break,
+            }
+        }
+        let alerts: Vec<Alert> = batch.iter().map(|envelope| envelope.alert.clone()).collect();
+        let positions: Vec<(i32, i64)> = batch.iter().map(|envelope| (envelope.partition, envelope.offset)).collect();
+        match deliver_with_policy(&mut slot, &alerts, limiter.as_mut(), &mut breaker).await {
+            Ok(made) => {
+                metrics().delivered.get_or_create(&labels).inc_by(alerts.len() as u64);
+                let _ =
+                    news.send(WorkerNews::Acknowledged { positions, retries: u64::from(made - 1), dead_lettered: 0 });
+            }
+            Err(GaveUp { error, attempts }) => {
+                let Some(queue) = &dead_letters else {
+                    let _ = news.send(WorkerNews::Failed(ConnectError::Delivery {
+                        sink: slot.name.clone(),
+                        attempts,
+                        alerts: alerts.len(),
+                        source: error,
+                    }));
+                    break;
+                };
+                tracing::warn!(alerts = alerts.len(), attempts, %error, "sink gave up; dead-lettering the batch");
+                let mut sent = true;
+                for envelope in batch {
+                    let letter = DeadLetter {
+                        sink: slot.name.clone(),
+                        error: error.to_string(),
+                        retryable: error.is_retryable(),
+                        attempts,
+                        partition: envelope.partition,
+                        offset: envelope.offset,
+                        alert: envelope.alert,
+                    };
+                    if let Err(reason) = queue.send(&letter).await {
+                        let _ = news.send(WorkerNews::Failed(ConnectError::DeadLetter {
+                            sink: slot.name.clone(),
+                            alert_id: letter.alert.alert_id.clone(),
+                            reason,
+                        }));
+                        sent = false;
+                        break;
                     }
                 }
+                if !sent {
+                    break;
+                }
+                metrics().dead_lettered.get_or_create(&labels).inc_by(positions.len() as u64);
+                let dead_lettered = positions.len() as u64;
+                let _ =
+                    news.send(WorkerNews::Acknowledged { positions, retries: u64::from(attempts - 1), dead_lettered });
             }
-            report.retries += u64::from(attempts.made() - 1);
-        }
-        report.count_delivered(&batch.alerts);
-        report.batches += 1;
-    }
-    match committer.commit(&batch.positions).await {
-        Ok(()) => {
-            tracing::debug!(alerts = batch.alerts.len(), positions = ?batch.positions, "batch delivered and committed")
-        }
-        Err(error) => {
-            report.commit_failures += 1;
-            let positions = &batch.positions;
-            tracing::warn!(?positions, %error, "committing a delivered batch failed; it may be delivered again");
         }
     }
-    *batch = Batch::default();
-    Ok(())
+    if let Err(error) = slot.sink.close().await {
+        tracing::warn!(%error, "closing the sink failed");
+    }
 }
 
-/// Closes every sink; a failure is logged, since everything committed was already durably delivered.
-async fn close_sinks(sinks: &mut [Box<dyn Sink>]) {
-    for sink in sinks.iter_mut() {
-        if let Err(error) = sink.close().await {
-            tracing::warn!(sink = sink.name(), %error, "closing the sink failed");
+/// One batch through the shared machinery: circuit breaker, rate limit, the call, retries with
+/// backoff. Returns the attempts made, or the last error once the retry policy gives up.
+async fn deliver_with_policy(
+    slot: &mut SinkSlot,
+    alerts: &[Alert],
+    mut limiter: Option<&mut RateLimiter>,
+    breaker: &mut CircuitBreaker,
+) -> Result<u32, GaveUp> {
+    let labels = ConnectMetrics::labels(&slot.name);
+    let mut attempts = Attempts::new(&slot.policy.retry, &slot.name, "deliver");
+    loop {
+        if matches!(breaker.state(), CircuitState::Open { .. }) {
+            tracing::info!("circuit open; waiting before probing the target");
+        }
+        breaker.ready().await;
+        metrics().circuit_open.get_or_create(&labels).set(0);
+        if let Some(limiter) = limiter.as_deref_mut() {
+            limiter.acquire(alerts.len()).await;
+        }
+        let span = tracing::debug_span!("deliver", alerts = alerts.len(), attempt = attempts.made());
+        match slot.sink.deliver(alerts).instrument(span).await {
+            Ok(()) => {
+                breaker.succeeded();
+                return Ok(attempts.made());
+            }
+            Err(error) => {
+                metrics().failed.get_or_create(&labels).inc();
+                if breaker.failed() {
+                    metrics().circuit_open.get_or_create(&labels).set(1);
+                    tracing::warn!(%error, "circuit opened after consecutive failures");
+                }
+                attempts.failed(error).await?;
+                metrics().retried.get_or_create(&labels).inc();
+            }
         }
     }
 }

@@ -48,6 +48,25 @@ pub enum ConnectError {
         /// The last failure.
         source: SinkError,
     },
+    /// A sink gave up on an alert event and the dead-letter topic could not take it either.
+    #[error(
+        "the {sink} sink gave up on alert {alert_id} and the dead-letter topic refused it, so it was not \
+         committed and will be delivered again on restart: {reason}"
+    )]
+    DeadLetter {
+        /// The sink's name.
+        sink: String,
+        /// The alert that could not be dead-lettered.
+        alert_id: String,
+        /// What the dead-letter producer reported.
+        reason: String,
+    },
+    /// A sink worker crashed (a bug in a sink); what it held was not committed.
+    #[error("a sink worker crashed: {reason}")]
+    Worker {
+        /// The panic or cancellation.
+        reason: String,
+    },
     /// The writer schema of a Confluent-framed alert could not be looked up (registry unreachable).
     /// Skipping would lose alerts that are merely not readable yet, so consuming stops instead.
     #[error("cannot decode the alert at partition {partition} offset {offset}: {source}")]

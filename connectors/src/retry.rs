@@ -8,6 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::sink::SinkError;
 
+/// The longest `Retry-After` obeyed; a target asking for more gets retried after this long.
+const LONGEST_RETRY_AFTER: Duration = Duration::from_secs(600);
+
 /// How a failing sink call is retried before the consumer gives up on the batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -111,7 +114,9 @@ impl<'a> Attempts<'a> {
         if !error.is_retryable() || self.made >= max_attempts {
             return Err(GaveUp { error, attempts: self.made });
         }
-        let wait = self.policy.backoff(self.made);
+        // A target that names its own pause (`Retry-After`) is obeyed, within reason.
+        let asked = error.retry_after().unwrap_or_default().min(LONGEST_RETRY_AFTER);
+        let wait = self.policy.backoff(self.made).max(asked);
         tracing::warn!(
             sink = self.sink,
             operation = self.operation,
@@ -193,6 +198,16 @@ mod tests {
         let gave_up = attempt(&policy(3), outcomes).await.expect_err("never succeeds");
         assert_eq!(gave_up.attempts, 3);
         assert_eq!(gave_up.error, SinkError::retryable("busy 3"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_retry_after_longer_than_the_backoff_is_waited_out() {
+        let started = tokio::time::Instant::now();
+        let outcomes =
+            vec![Err(SinkError::retryable_after("429 too many requests", Some(Duration::from_secs(7)))), Ok(())];
+        assert_eq!(attempt(&policy(3), outcomes).await.expect("succeeds"), 2);
+        assert!(started.elapsed() >= Duration::from_secs(7), "{:?}", started.elapsed());
+        assert!(started.elapsed() < Duration::from_secs(8), "{:?}", started.elapsed());
     }
 
     #[tokio::test(start_paused = true)]

@@ -1,10 +1,13 @@
 //! The `Sink` trait: where delivered alerts go. The consumer hands every sink the same batches, retries
 //! a retryable failure with shared backoff, and commits the batch's offsets only once every sink took it.
 
+use std::time::Duration;
+
 use async_trait::async_trait;
 use peergraph_schemas::Alert;
 
-/// A destination for alerts (console, file, and later SIEMs and ticketing systems).
+/// A destination for alerts (console, file, SIEMs, ticketing systems, or your own: see
+/// `connectors/examples/custom_sink.rs` and `docs/connectors.md`).
 ///
 /// Delivery is at least once: after a crash, or when a later sink of the same batch failed, a batch
 /// that was already delivered is delivered again. A sink either tolerates duplicates or makes the
@@ -21,6 +24,9 @@ pub trait Sink: Send {
     /// Hands one batch to the target. `Ok` means the batch is durably at the target: the consumer
     /// commits the batch's offsets on the strength of it. On `Err`, any prefix of the batch may have
     /// arrived; the whole batch is delivered again.
+    ///
+    /// Retries, batching, rate limiting and circuit breaking are done around this call by the
+    /// connector, configured per sink instance: a sink never loops on its own failures.
     async fn deliver(&mut self, batch: &[Alert]) -> Result<(), SinkError>;
 
     /// Pushes out anything the sink buffers beyond what durability needs. The default has nothing to do.
@@ -42,6 +48,8 @@ pub enum SinkError {
     Retryable {
         /// What went wrong, with the context to act on it.
         reason: String,
+        /// How long the target asked us to wait before the next attempt (HTTP `Retry-After`), if it did.
+        retry_after: Option<Duration>,
     },
     /// Retrying cannot help until someone changes the configuration or the target (a permission, a bad
     /// credential, a payload the target rejects).
@@ -55,7 +63,12 @@ pub enum SinkError {
 impl SinkError {
     /// A transient failure.
     pub fn retryable(reason: impl Into<String>) -> SinkError {
-        SinkError::Retryable { reason: reason.into() }
+        SinkError::Retryable { reason: reason.into(), retry_after: None }
+    }
+
+    /// A transient failure after which the target asked for a pause (`429` / `503` with `Retry-After`).
+    pub fn retryable_after(reason: impl Into<String>, retry_after: Option<Duration>) -> SinkError {
+        SinkError::Retryable { reason: reason.into(), retry_after }
     }
 
     /// A failure that retrying cannot fix.
@@ -75,13 +88,28 @@ impl SinkError {
             | ErrorKind::NotADirectory
             | ErrorKind::InvalidInput
             | ErrorKind::Unsupported => SinkError::Permanent { reason },
-            _ => SinkError::Retryable { reason },
+            _ => SinkError::Retryable { reason, retry_after: None },
         }
     }
 
     /// Whether trying the same call again may succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(self, SinkError::Retryable { .. })
+    }
+
+    /// The pause the target asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SinkError::Retryable { retry_after, .. } => *retry_after,
+            SinkError::Permanent { .. } => None,
+        }
+    }
+
+    /// The reason, without the classification.
+    pub fn reason(&self) -> &str {
+        match self {
+            SinkError::Retryable { reason, .. } | SinkError::Permanent { reason } => reason,
+        }
     }
 }
 

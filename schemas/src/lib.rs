@@ -1,6 +1,7 @@
 //! peergraph's wire types: the records on the flows, alerts and service-graph topics, their Avro
 //! schemas (`schemas/avro/*.avsc`, the source of truth) and the codecs that read and write them.
 
+pub mod adapters;
 pub mod alert;
 pub mod codec;
 pub mod edge;

@@ -9,6 +9,7 @@ use peergraph_schemas::Severity;
 use tokio::sync::{mpsc, oneshot};
 
 use super::*;
+use crate::routing::RouteConfig;
 use crate::sink::SinkError;
 
 /// Everything the sinks and the committer did, in order: the order is what at-least-once is about.
@@ -130,6 +131,15 @@ fn config(batch_max: usize) -> ConnectConfig {
     }
 }
 
+fn policy(config: &ConnectConfig) -> SinkPolicy {
+    SinkPolicy {
+        batch: BatchConfig { max_events: config.batch_max, timeout: config.batch_timeout },
+        retry: config.retry.clone(),
+        rate_limit: None,
+        circuit_breaker: CircuitBreakerConfig { failure_threshold: 0, ..CircuitBreakerConfig::default() },
+    }
+}
+
 /// A source that yields `messages` and then ends.
 fn ended_source(messages: Vec<SourceMessage>) -> mpsc::Receiver<SourceMessage> {
     let (sender, receiver) = mpsc::channel(messages.len().max(1));
@@ -139,27 +149,107 @@ fn ended_source(messages: Vec<SourceMessage>) -> mpsc::Receiver<SourceMessage> {
     receiver
 }
 
+/// Dead letters kept in memory.
+#[derive(Default)]
+struct DeadLetterList {
+    letters: Mutex<Vec<DeadLetter>>,
+}
+
+#[async_trait]
+impl DeadLetterQueue for DeadLetterList {
+    async fn send(&self, letter: &DeadLetter) -> Result<(), String> {
+        self.letters.lock().expect("letters").push(letter.clone());
+        Ok(())
+    }
+}
+
 struct Run {
     journal: Journal,
     result: Result<ConnectReport, ConnectError>,
 }
 
+/// How a test drives the core.
+struct Harness {
+    config: ConnectConfig,
+    routes: Vec<RouteConfig>,
+    policies: BTreeMap<&'static str, SinkPolicy>,
+    dead_letters: Option<Arc<DeadLetterList>>,
+    decoder: Decoder<Alert>,
+}
+
+impl Harness {
+    fn new(config: ConnectConfig) -> Harness {
+        Harness {
+            config,
+            routes: Vec::new(),
+            policies: BTreeMap::new(),
+            dead_letters: None,
+            decoder: Decoder::<Alert>::default(),
+        }
+    }
+
+    async fn drive(
+        &self,
+        mut source: mpsc::Receiver<SourceMessage>,
+        sinks: Vec<ScriptedSink>,
+        shutdown: impl Future<Output = ()>,
+        journal: Journal,
+    ) -> Run {
+        let names: Vec<String> = sinks.iter().map(|sink| sink.name.to_string()).collect();
+        let slots = sinks
+            .into_iter()
+            .map(|sink| SinkSlot {
+                name: sink.name.to_string(),
+                policy: self.policies.get(sink.name).cloned().unwrap_or_else(|| policy(&self.config)),
+                sink: Box::new(sink),
+            })
+            .collect();
+        let router = Router::new(&self.routes, &names).expect("routes");
+        let mut committer = JournalingCommitter { journal: Arc::clone(&journal) };
+        let dead_letters = self.dead_letters.clone().map(|list| list as Arc<dyn DeadLetterQueue>);
+        let sinks = RoutedSinks { slots, router, dead_letters };
+        let result = deliver_batches(&mut source, &mut committer, sinks, &self.decoder, &self.config, shutdown).await;
+        Run { journal, result }
+    }
+}
+
 async fn drive(
-    mut source: mpsc::Receiver<SourceMessage>,
+    source: mpsc::Receiver<SourceMessage>,
     sinks: Vec<ScriptedSink>,
     config: &ConnectConfig,
     shutdown: impl Future<Output = ()>,
     journal: Journal,
 ) -> Run {
-    let mut sinks: Vec<Box<dyn Sink>> = sinks.into_iter().map(|sink| Box::new(sink) as Box<dyn Sink>).collect();
-    let mut committer = JournalingCommitter { journal: Arc::clone(&journal) };
-    let decoder = Decoder::<Alert>::default();
-    let result = deliver_batches(&mut source, &mut committer, &mut sinks, &decoder, config, shutdown).await;
-    Run { journal, result }
+    Harness::new(config.clone()).drive(source, sinks, shutdown, journal).await
+}
+
+/// The journal entries of one sink, in order.
+fn of_sink(journal: &[String], sink: &str) -> Vec<String> {
+    journal.iter().filter(|entry| entry.starts_with(&format!("{sink} "))).cloned().collect()
+}
+
+/// The sink got exactly `deliveries` then was closed, and the commits were exactly `expected_commits`,
+/// each after the deliveries it covers.
+fn assert_journal(journal: &Journal, sink: &str, deliveries: &[&str], expected_commits: &[&str]) {
+    let journal = entries(journal);
+    let mut expected: Vec<String> = deliveries.iter().map(|entry| entry.to_string()).collect();
+    expected.push(format!("{sink} closed"));
+    assert_eq!(of_sink(&journal, sink), expected, "{journal:#?}");
+    assert_eq!(commits(&journal), expected_commits, "{journal:#?}");
+    if let (Some(last_delivery), Some(first_commit)) = (
+        deliveries.last().and_then(|d| journal.iter().position(|e| e == d)),
+        journal.iter().position(|e| e.starts_with("commit")),
+    ) {
+        assert!(first_commit > last_delivery, "{journal:#?}");
+    }
+}
+
+fn commits(journal: &[String]) -> Vec<String> {
+    journal.iter().filter(|entry| entry.starts_with("commit")).cloned().collect()
 }
 
 #[tokio::test(start_paused = true)]
-async fn full_batches_go_to_every_sink_before_their_offsets_are_committed() {
+async fn offsets_are_committed_only_after_every_sink_has_the_batch() {
     let journal = Journal::default();
     let source = ended_source(vec![
         message(0, 10, json(&alert("a", AlertEvent::Raised))),
@@ -172,24 +262,30 @@ async fn full_batches_go_to_every_sink_before_their_offsets_are_committed() {
     let run = drive(source, sinks, &config(2), std::future::pending(), Arc::clone(&journal)).await;
 
     let report = run.result.expect("delivered");
-    assert_eq!(
-        entries(&run.journal),
-        [
-            r#"console got ["a", "b"]"#,
-            r#"file got ["a", "b"]"#,
-            "commit {0: 11, 1: 5}",
-            r#"console got ["a", "b"]"#,
-            r#"file got ["a", "b"]"#,
-            "commit {0: 12, 1: 6}",
-            // The source ended: the last, partial batch is delivered on the way out.
-            r#"console got ["a"]"#,
-            r#"file got ["a"]"#,
-            "commit {0: 13}",
-            "console closed",
-            "file closed",
-        ]
-    );
-    assert_eq!(report, ConnectReport { raised: 2, updated: 1, cleared: 2, batches: 3, ..ConnectReport::default() });
+    let journal = entries(&run.journal);
+    for sink in ["console", "file"] {
+        assert_eq!(
+            of_sink(&journal, sink),
+            [
+                format!(r#"{sink} got ["a", "b"]"#),
+                format!(r#"{sink} got ["a", "b"]"#),
+                // The source ended: the last, partial batch is delivered on the way out.
+                format!(r#"{sink} got ["a"]"#),
+                format!("{sink} closed"),
+            ],
+            "{journal:#?}"
+        );
+    }
+    // Each commit comes after both sinks took the batch it covers, never earlier.
+    let position = |entry: &str| journal.iter().position(|e| e == entry).expect(entry);
+    let first_commit = position("commit {0: 11, 1: 5}");
+    for sink in ["console", "file"] {
+        assert!(position(&format!(r#"{sink} got ["a", "b"]"#)) < first_commit, "{journal:#?}");
+    }
+    assert_eq!(commits(&journal).last().map(String::as_str), Some("commit {0: 13}"), "{journal:#?}");
+    assert!(position("commit {0: 13}") > position(r#"file got ["a"]"#), "{journal:#?}");
+    assert!(position("commit {0: 13}") > position(r#"console got ["a"]"#), "{journal:#?}");
+    assert_eq!((report.raised, report.updated, report.cleared, report.batches), (2, 1, 2, 6), "{report:?}");
 }
 
 #[tokio::test(start_paused = true)]
@@ -217,7 +313,7 @@ async fn a_partial_batch_is_delivered_when_its_timeout_expires() {
     assert_eq!(run.result.expect("delivered").raised, 1);
     let waited = delivered_at.lock().expect("lock").expect("delivered before shutdown");
     assert!(waited >= Duration::from_secs(1) && waited < Duration::from_millis(1100), "delivered after {waited:?}");
-    assert_eq!(entries(&run.journal), [r#"file got ["a"]"#, "commit {0: 1}", "file closed"]);
+    assert_journal(&run.journal, "file", &[r#"file got ["a"]"#], &["commit {0: 1}"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -229,15 +325,46 @@ async fn a_sink_failing_transiently_is_retried_and_the_batch_committed_once_it_s
     let run = drive(source, vec![flaky], &config(10), std::future::pending(), Arc::clone(&journal)).await;
 
     let report = run.result.expect("delivered on the third attempt");
+    let journal = entries(&run.journal);
     assert_eq!(
-        entries(&run.journal),
-        [r#"siem failed ["a"]"#, r#"siem failed ["a"]"#, r#"siem got ["a"]"#, "commit {0: 1}", "siem closed"]
+        of_sink(&journal, "siem"),
+        [r#"siem failed ["a"]"#, r#"siem failed ["a"]"#, r#"siem got ["a"]"#, "siem closed"]
     );
+    assert_eq!(commits(&journal), ["commit {0: 1}"]);
     assert_eq!((report.raised, report.retries), (1, 2));
 }
 
 #[tokio::test(start_paused = true)]
-async fn a_permanently_failing_sink_stops_delivery_without_committing() {
+async fn a_slow_sink_holds_back_the_commit_but_not_the_other_sinks() {
+    let journal = Journal::default();
+    let source = ended_source(vec![
+        message(0, 0, json(&alert("a", AlertEvent::Raised))),
+        message(0, 1, json(&alert("b", AlertEvent::Raised))),
+    ]);
+    let mut harness = Harness::new(config(1));
+    let mut slow = policy(&harness.config);
+    slow.retry.initial_backoff = Duration::from_secs(5);
+    slow.retry.max_backoff = Duration::from_secs(5);
+    harness.policies.insert("siem", slow);
+    let sinks = vec![
+        ScriptedSink::new("file", &journal),
+        ScriptedSink::new("siem", &journal).failing_first([SinkError::retryable("busy")]),
+    ];
+    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
+
+    run.result.expect("delivered");
+    let journal = entries(&run.journal);
+    let position = |entry: &str| journal.iter().position(|e| e == entry).expect(entry);
+    // The file sink got both alerts while the SIEM waited out its backoff…
+    assert!(position(r#"file got ["b"]"#) < position(r#"siem got ["a"]"#), "{journal:#?}");
+    // …but nothing was committed before the SIEM had them too.
+    let first_commit = journal.iter().position(|e| e.starts_with("commit")).expect("a commit");
+    assert!(first_commit > position(r#"siem got ["a"]"#), "{journal:#?}");
+    assert_eq!(commits(&journal).last().map(String::as_str), Some("commit {0: 2}"));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_permanently_failing_sink_without_a_dead_letter_topic_stops_delivery_without_committing() {
     let journal = Journal::default();
     let source = ended_source(vec![
         message(0, 0, json(&alert("a", AlertEvent::Raised))),
@@ -257,12 +384,11 @@ async fn a_permanently_failing_sink_stops_delivery_without_committing() {
         }
         other => panic!("expected a delivery error, got {other:?}"),
     }
-    // The first sink already has the batch; it gets it again after a restart, since nothing was committed.
-    // The rest of the topic is not read into sinks either.
-    assert_eq!(
-        entries(&run.journal),
-        [r#"console got ["a", "b"]"#, r#"file failed ["a", "b"]"#, "console closed", "file closed"]
-    );
+    // The console sink may have the batch; it gets it again after a restart, since nothing was committed.
+    let journal = entries(&run.journal);
+    assert!(commits(&journal).is_empty(), "{journal:#?}");
+    assert!(journal.contains(&r#"file failed ["a", "b"]"#.to_string()), "{journal:#?}");
+    assert!(journal.contains(&"console closed".to_string()) && journal.contains(&"file closed".to_string()));
 }
 
 #[tokio::test(start_paused = true)]
@@ -281,7 +407,109 @@ async fn a_sink_that_keeps_failing_gives_up_after_max_attempts_without_committin
     );
     let journal = entries(&run.journal);
     assert_eq!(journal.iter().filter(|entry| entry.starts_with("siem failed")).count(), 3, "{journal:?}");
-    assert!(!journal.iter().any(|entry| entry.starts_with("commit")), "{journal:?}");
+    assert!(commits(&journal).is_empty(), "{journal:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_batch_the_sink_gives_up_on_is_dead_lettered_with_the_error_and_attempts_then_committed() {
+    let journal = Journal::default();
+    let source = ended_source(vec![
+        message(0, 0, json(&alert("a", AlertEvent::Raised))),
+        message(0, 1, json(&alert("b", AlertEvent::Raised))),
+        message(0, 2, json(&alert("c", AlertEvent::Raised))),
+    ]);
+    let mut harness = Harness::new(config(2));
+    let letters = Arc::new(DeadLetterList::default());
+    harness.dead_letters = Some(Arc::clone(&letters));
+    let sinks = vec![
+        ScriptedSink::new("file", &journal),
+        ScriptedSink::new("siem", &journal).failing_first([
+            SinkError::retryable("503"),
+            SinkError::retryable("503"),
+            SinkError::retryable("503 still"),
+        ]),
+    ];
+    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
+
+    let report = run.result.expect("dead-lettering is not an error");
+    assert_eq!((report.raised, report.dead_lettered), (3, 2), "{report:?}");
+    let letters = letters.letters.lock().expect("letters").clone();
+    let shown: Vec<(&str, &str, u32, bool, i64)> = letters
+        .iter()
+        .map(|l| (l.sink.as_str(), l.alert.alert_id.as_str(), l.attempts, l.retryable, l.offset))
+        .collect();
+    assert_eq!(shown, [("siem", "a", 3, true, 0), ("siem", "b", 3, true, 1)]);
+    assert_eq!(letters[0].error, "503 still");
+    let journal = entries(&run.journal);
+    assert!(journal.contains(&r#"siem got ["c"]"#.to_string()), "the next batch is delivered: {journal:#?}");
+    assert_eq!(commits(&journal).last().map(String::as_str), Some("commit {0: 3}"), "{journal:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_open_circuit_makes_no_calls_until_open_for_has_passed() {
+    let journal = Journal::default();
+    let source = ended_source(vec![message(0, 0, json(&alert("a", AlertEvent::Raised)))]);
+    let mut harness = Harness::new(config(10));
+    let mut guarded = policy(&harness.config);
+    guarded.retry = RetryConfig {
+        max_attempts: 10,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(10),
+    };
+    guarded.circuit_breaker = CircuitBreakerConfig { failure_threshold: 2, open_for: Duration::from_secs(60) };
+    harness.policies.insert("siem", guarded);
+    let failures = (0..3).map(|_| SinkError::retryable("503"));
+    let sinks = vec![ScriptedSink::new("siem", &journal).failing_first(failures)];
+    let started = Instant::now();
+    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
+
+    run.result.expect("delivered once the target recovered");
+    // Two failures open the circuit for 60 s; the probe fails and opens it for another 60 s.
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(120) && elapsed < Duration::from_secs(121), "{elapsed:?}");
+    let journal = entries(&run.journal);
+    assert_eq!(of_sink(&journal, "siem").len(), 5, "3 failures, 1 success, closed: {journal:#?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rate_limited_sink_is_called_no_faster_than_its_limit() {
+    let journal = Journal::default();
+    let source =
+        ended_source((0..6).map(|n| message(0, n, json(&alert(&format!("a{n}"), AlertEvent::Raised)))).collect());
+    let mut harness = Harness::new(config(1));
+    let mut limited = policy(&harness.config);
+    limited.rate_limit = Some(RateLimitConfig { events_per_second: 2.0, burst: 2 });
+    harness.policies.insert("pager", limited);
+    let started = Instant::now();
+    let run = harness
+        .drive(source, vec![ScriptedSink::new("pager", &journal)], std::future::pending(), Arc::clone(&journal))
+        .await;
+
+    assert_eq!(run.result.expect("delivered").raised, 6);
+    let elapsed = started.elapsed();
+    assert!(elapsed >= Duration::from_secs(2) && elapsed < Duration::from_millis(2100), "{elapsed:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_send_alerts_only_to_their_sinks_and_unrouted_alerts_are_still_committed() {
+    let journal = Journal::default();
+    let mut low = alert("low", AlertEvent::Raised);
+    low.severity = Severity::Low;
+    let source = ended_source(vec![message(0, 0, json(&alert("high", AlertEvent::Raised))), message(0, 1, json(&low))]);
+    let mut harness = Harness::new(config(10));
+    harness.routes = vec![
+        RouteConfig { sinks: vec!["pager".into()], min_severity: Some(Severity::High), ..RouteConfig::default() },
+        RouteConfig { sinks: vec!["tickets".into()], detectors: vec!["beaconing".into()], ..RouteConfig::default() },
+    ];
+    let sinks = vec![ScriptedSink::new("pager", &journal), ScriptedSink::new("tickets", &journal)];
+    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
+
+    let report = run.result.expect("delivered");
+    let journal = entries(&run.journal);
+    assert_eq!(of_sink(&journal, "pager"), [r#"pager got ["high"]"#, "pager closed"]);
+    assert_eq!(of_sink(&journal, "tickets"), ["tickets closed"]);
+    assert_eq!(commits(&journal).last().map(String::as_str), Some("commit {0: 2}"));
+    assert_eq!((report.raised, report.unrouted), (1, 1));
 }
 
 #[tokio::test(start_paused = true)]
@@ -308,7 +536,7 @@ async fn undecodable_messages_are_skipped_counted_and_committed_past() {
     .await;
 
     let report = run.result.expect("skipping is not an error");
-    assert_eq!(entries(&run.journal), [r#"file got ["a", "b"]"#, "commit {0: 7}", "file closed"]);
+    assert_journal(&run.journal, "file", &[r#"file got ["a", "b"]"#], &["commit {0: 7}"]);
     assert_eq!((report.raised, report.cleared, report.skipped), (1, 1, 5));
     assert_eq!(
         report.skipped_by_kind,
@@ -330,7 +558,9 @@ async fn a_batch_of_only_undecodable_messages_is_committed_without_calling_the_s
     .await;
 
     assert_eq!(run.result.expect("fine").skipped, 2);
-    assert_eq!(entries(&run.journal), ["commit {2: 42}", "file closed"]);
+    let journal = entries(&run.journal);
+    assert_eq!(commits(&journal), ["commit {2: 42}"]);
+    assert_eq!(of_sink(&journal, "file"), ["file closed"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -349,12 +579,14 @@ async fn shutdown_delivers_and_commits_the_in_flight_batch_then_closes_the_sinks
     let shutdown = async move {
         let _ = stopped.await;
     };
+    let started = Instant::now();
     let run = drive(source, vec![ScriptedSink::new("file", &journal)], &config, shutdown, Arc::clone(&journal)).await;
     stopper.await.expect("stopper");
     drop(sender);
 
     assert_eq!(run.result.expect("clean shutdown").raised, 2);
-    assert_eq!(entries(&run.journal), [r#"file got ["a", "b"]"#, "commit {0: 2}", "file closed"]);
+    assert!(started.elapsed() < Duration::from_secs(1), "the drain does not wait for the batch timeout");
+    assert_journal(&run.journal, "file", &[r#"file got ["a", "b"]"#], &["commit {0: 2}"]);
 }
 
 #[tokio::test(start_paused = true)]
@@ -371,7 +603,7 @@ async fn idle_exit_stops_once_no_message_arrived_for_that_long() {
 
     assert_eq!(run.result.expect("idle exit is a clean stop").raised, 1);
     assert_eq!(started.elapsed(), Duration::from_secs(5));
-    assert_eq!(entries(&run.journal), [r#"file got ["a"]"#, "commit {0: 1}", "file closed"]);
+    assert_journal(&run.journal, "file", &[r#"file got ["a"]"#], &["commit {0: 1}"]);
 }
 
 /// A schema registry that cannot be reached.
@@ -386,22 +618,42 @@ impl SchemaLookup for UnreachableRegistry {
 #[tokio::test(start_paused = true)]
 async fn an_unreachable_schema_registry_stops_delivery_instead_of_skipping_alerts() {
     let journal = Journal::default();
-    let mut source = ended_source(vec![
+    let source = ended_source(vec![
         message(0, 0, json(&alert("a", AlertEvent::Raised))),
         message(0, 1, Some(vec![0x00, 0, 0, 0, 17, 2, 3])),
         message(0, 2, json(&alert("b", AlertEvent::Raised))),
     ]);
-    let mut sinks: Vec<Box<dyn Sink>> = vec![Box::new(ScriptedSink::new("file", &journal))];
-    let mut committer = JournalingCommitter { journal: Arc::clone(&journal) };
-    let decoder = Decoder::<Alert>::new(Arc::new(UnreachableRegistry));
-    let result =
-        deliver_batches(&mut source, &mut committer, &mut sinks, &decoder, &config(10), std::future::pending()).await;
+    let mut harness = Harness::new(config(10));
+    harness.decoder = Decoder::<Alert>::new(Arc::new(UnreachableRegistry));
+    let run = harness
+        .drive(source, vec![ScriptedSink::new("file", &journal)], std::future::pending(), Arc::clone(&journal))
+        .await;
 
-    match result {
+    match run.result {
         Err(ConnectError::SchemaLookup { partition: 0, offset: 1, source }) => {
             assert_eq!(source.kind(), "schema_lookup_failed")
         }
         other => panic!("expected a schema lookup error, got {other:?}"),
     }
-    assert_eq!(entries(&journal), ["file closed"]);
+    // What was read before is delivered and committed; the unreadable message and what follows are not.
+    assert_journal(&run.journal, "file", &[r#"file got ["a"]"#], &["commit {0: 1}"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn reading_pauses_at_max_in_flight_until_sinks_acknowledge() {
+    let journal = Journal::default();
+    let source =
+        ended_source((0..5).map(|n| message(0, n, json(&alert(&format!("a{n}"), AlertEvent::Raised)))).collect());
+    // A batch of up to 10 that can never fill: only 2 events may be in flight.
+    let config = ConnectConfig { max_in_flight: 2, ..config(10) };
+    let run =
+        drive(source, vec![ScriptedSink::new("file", &journal)], &config, std::future::pending(), Arc::clone(&journal))
+            .await;
+
+    assert_eq!(run.result.expect("delivered").raised, 5);
+    let journal = entries(&run.journal);
+    assert_eq!(
+        of_sink(&journal, "file"),
+        [r#"file got ["a0", "a1"]"#, r#"file got ["a2", "a3"]"#, r#"file got ["a4"]"#, "file closed"],
+    );
 }
