@@ -2,6 +2,7 @@
 //! that feeds the timely workers and the output sinks (alerts, service graph) that write their output.
 
 pub mod output;
+pub mod reference;
 pub mod source;
 
 use std::time::{Duration, Instant};
@@ -134,8 +135,8 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
         .iter()
         .map(|name| {
             let topic = NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor));
-            // The changelog keeps each edge's latest state.
-            if *name == topics.service_graph {
+            // Changelogs and reference topics keep each key's latest record.
+            if *name == topics.service_graph || *name == topics.assets || *name == topics.indicators {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic
