@@ -42,6 +42,9 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// How long a missing topic is looked for again before it is an error.
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
+
 /// Number of partitions of `topic`, retrying while the brokers are unreachable (up to
 /// `kafka.connect_timeout`), so a pipeline started before its broker waits instead of failing.
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
@@ -58,6 +61,8 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaErr
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                         return Ok(t.partitions().len() as i32)
                     }
+                    // A topic created a moment ago may not be in every broker's metadata yet.
+                    _ if started.elapsed() < MISSING_TOPIC_GRACE => std::thread::sleep(Duration::from_millis(200)),
                     _ => return Err(KafkaError::MissingTopic { topic: topic.into(), brokers: kafka.brokers.clone() }),
                 }
             }
@@ -127,8 +132,9 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
         .create()
         .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
     let names: Vec<&str> =
-        [topics.flows.as_str(), topics.alerts.as_str(), topics.service_graph.as_str(), topics.dead_letter.as_str()]
+        [&topics.flows, &topics.alerts, &topics.service_graph, &topics.assets, &topics.indicators, &topics.dead_letter]
             .into_iter()
+            .map(String::as_str)
             .filter(|t| !t.is_empty())
             .collect();
     let new: Vec<NewTopic> = names
