@@ -3,6 +3,7 @@
 //! window; the lifecycle stage turns findings appearing and disappearing into alert events.
 
 pub mod peer_unique;
+pub mod scan;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -17,6 +18,7 @@ use crate::volume::Volume;
 #[serde(default, deny_unknown_fields)]
 pub struct DetectorsConfig {
     pub peer_unique_destination: peer_unique::PeerUniqueConfig,
+    pub scan: scan::ScanConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -78,12 +80,54 @@ pub struct Indicator {
     pub description: String,
 }
 
+/// A service as findings name it: "22/tcp", "53/udp", "0/icmp".
+pub fn service(port: u16, protocol: u8) -> String {
+    match protocol {
+        1 => format!("{port}/icmp"),
+        6 => format!("{port}/tcp"),
+        17 => format!("{port}/udp"),
+        58 => format!("{port}/icmpv6"),
+        other => format!("{port}/proto-{other}"),
+    }
+}
+
+/// How many buckets [`smallest`] spreads one key's values over.
+const SAMPLE_BUCKETS: u64 = 256;
+
+/// The `count` smallest values of every key, for evidence samples. A single reduce over a key's
+/// values would redo work proportional to all of them on every change (a scanner touching a
+/// million hosts would make each update cost a million); here the values are first spread over
+/// [`SAMPLE_BUCKETS`] buckets by hash, each bucket keeps its `count` smallest, and the key keeps
+/// the smallest of those, so an update costs about `n / 256 + 256 × count` values.
+pub fn smallest<'s, K, V>(values: VecCollection<'s, Epoch, (K, V)>, count: usize) -> VecCollection<'s, Epoch, (K, Vec<V>)>
+where
+    K: differential_dataflow::ExchangeData + std::hash::Hash,
+    V: differential_dataflow::ExchangeData + std::hash::Hash,
+{
+    use differential_dataflow::hashable::Hashable;
+    values
+        .map(|(key, value)| {
+            let bucket = value.hashed() % SAMPLE_BUCKETS;
+            ((key, bucket), value)
+        })
+        .reduce(move |_, input, output: &mut Vec<(V, isize)>| {
+            output.extend(input.iter().take(count).map(|(value, _)| ((*value).clone(), 1)));
+        })
+        .map(|((key, _bucket), value)| (key, value))
+        .reduce(move |_, input, output| {
+            output.push((input.iter().take(count).map(|(value, _)| (*value).clone()).collect::<Vec<V>>(), 1));
+        })
+}
+
 /// Every enabled detector over the windowed graph.
 pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
     let scope = inputs.edges.scope();
     let mut all = Vec::new();
     if config.peer_unique_destination.enabled {
         all.push(peer_unique::peer_unique_destinations(&config.peer_unique_destination, inputs));
+    }
+    if config.scan.enabled {
+        all.push(scan::detect(&config.scan, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
