@@ -2,6 +2,7 @@
 //! ("pod X talks to Y, which none of its peers touch") that holds while its evidence is in the
 //! window; the lifecycle stage turns findings appearing and disappearing into alert events.
 
+pub mod beacon;
 pub mod peer_unique;
 pub mod scan;
 
@@ -19,6 +20,7 @@ use crate::volume::Volume;
 pub struct DetectorsConfig {
     pub peer_unique_destination: peer_unique::PeerUniqueConfig,
     pub scan: scan::ScanConfig,
+    pub beaconing: beacon::BeaconConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -99,7 +101,10 @@ const SAMPLE_BUCKETS: u64 = 256;
 /// million hosts would make each update cost a million); here the values are first spread over
 /// [`SAMPLE_BUCKETS`] buckets by hash, each bucket keeps its `count` smallest, and the key keeps
 /// the smallest of those, so an update costs about `n / 256 + 256 × count` values.
-pub fn smallest<'s, K, V>(values: VecCollection<'s, Epoch, (K, V)>, count: usize) -> VecCollection<'s, Epoch, (K, Vec<V>)>
+pub fn smallest<'s, K, V>(
+    values: VecCollection<'s, Epoch, (K, V)>,
+    count: usize,
+) -> VecCollection<'s, Epoch, (K, Vec<V>)>
 where
     K: differential_dataflow::ExchangeData + std::hash::Hash,
     V: differential_dataflow::ExchangeData + std::hash::Hash,
@@ -128,6 +133,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     if config.scan.enabled {
         all.push(scan::detect(&config.scan, inputs));
+    }
+    if config.beaconing.enabled {
+        all.push(beacon::detect(&config.beaconing, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }

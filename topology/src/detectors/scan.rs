@@ -79,7 +79,8 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
         .explode(|((src, dst, _, _), unanswered)| Some(((src, dst), (1isize, unanswered as isize))))
         .count()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_ports, min_percent));
-    let vertical_sample = smallest(targets.clone().map(|((src, dst, port, proto), _)| ((src, dst), (port, proto))), sample);
+    let vertical_sample =
+        smallest(targets.clone().map(|((src, dst, port, proto), _)| ((src, dst), (port, proto))), sample);
     let vertical = vertical.join(vertical_sample).map(move |((src, dst), ((total, unanswered), ports))| {
         let ports = ports.iter().map(|(port, proto)| service(*port, *proto)).collect();
         finding(Kind::Vertical, src, dst, total, unanswered, ports, min_ports, min_percent)
@@ -134,7 +135,9 @@ pub fn finding(
         ),
         Kind::Horizontal => (
             format!("horizontal:{target}"),
-            format!("{src} probed {target} on {total} destinations in the window, {percent}% unanswered (horizontal sweep)"),
+            format!(
+                "{src} probed {target} on {total} destinations in the window, {percent}% unanswered (horizontal sweep)"
+            ),
             "distinct_destinations",
             "min_distinct_hosts",
         ),
@@ -212,8 +215,18 @@ mod tests {
             let total = services.len() as isize;
             let unanswered = services.iter().filter(|(_, u)| *u).count() as isize;
             if qualifies(total, unanswered, config.min_distinct_ports, config.min_unanswered_percent) {
-                let sample = services.iter().take(config.evidence_sample).map(|((p, pr), _)| service(*p, *pr)).collect();
-                out.push(finding(Kind::Vertical, src, dst, total, unanswered, sample, config.min_distinct_ports, config.min_unanswered_percent));
+                let sample =
+                    services.iter().take(config.evidence_sample).map(|((p, pr), _)| service(*p, *pr)).collect();
+                out.push(finding(
+                    Kind::Vertical,
+                    src,
+                    dst,
+                    total,
+                    unanswered,
+                    sample,
+                    config.min_distinct_ports,
+                    config.min_unanswered_percent,
+                ));
             }
         }
         for ((src, port, proto), mut hosts) in horizontal {
@@ -222,7 +235,16 @@ mod tests {
             let unanswered = hosts.iter().filter(|(_, u)| *u).count() as isize;
             if qualifies(total, unanswered, config.min_distinct_hosts, config.min_unanswered_percent) {
                 let sample = hosts.iter().take(config.evidence_sample).map(|(h, _)| h.clone()).collect();
-                out.push(finding(Kind::Horizontal, src, service(port, proto), total, unanswered, sample, config.min_distinct_hosts, config.min_unanswered_percent));
+                out.push(finding(
+                    Kind::Horizontal,
+                    src,
+                    service(port, proto),
+                    total,
+                    unanswered,
+                    sample,
+                    config.min_distinct_hosts,
+                    config.min_unanswered_percent,
+                ));
             }
         }
         out.sort();
@@ -235,7 +257,10 @@ mod tests {
         for port in 20..30 {
             scenario.contacts.push((edge("host:10.0.0.66", None, "host:10.0.0.5", None, port), 3, vol(2, 2, 80, 0)));
         }
-        assert_eq!(found(&scenario, small(), 5), vec![("host:10.0.0.66".to_owned(), "vertical:host:10.0.0.5".to_owned())]);
+        assert_eq!(
+            found(&scenario, small(), 5),
+            vec![("host:10.0.0.66".to_owned(), "vertical:host:10.0.0.5".to_owned())]
+        );
         let out = run_scenario(&scenario, 5, |inputs| detect(&small(), &inputs));
         let f = &as_set(&out[&5])[0];
         assert!(f.evidence.contains(&("distinct_services".to_owned(), "10".to_owned())), "{f:?}");
@@ -293,7 +318,15 @@ mod tests {
     }
 
     fn contact() -> impl Strategy<Value = (crate::graph::Edge, Epoch, Volume)> {
-        (0..3usize, 0..4usize, prop::sample::select(vec![22u16, 80, 443, 445, 3389]), 1..12u64, 1..3i64, 0..3i64, 0..300i64)
+        (
+            0..3usize,
+            0..4usize,
+            prop::sample::select(vec![22u16, 80, 443, 445, 3389]),
+            1..12u64,
+            1..3i64,
+            0..3i64,
+            0..300i64,
+        )
             .prop_map(|(src, dst, port, epoch, flows, failed, bytes)| {
                 let src = format!("host:10.0.0.{src}");
                 let dst = format!("host:10.0.1.{dst}");
