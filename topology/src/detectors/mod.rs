@@ -3,6 +3,7 @@
 //! window; the lifecycle stage turns findings appearing and disappearing into alert events.
 
 pub mod beacon;
+pub mod exfil;
 pub mod peer_unique;
 pub mod scan;
 
@@ -21,6 +22,7 @@ pub struct DetectorsConfig {
     pub peer_unique_destination: peer_unique::PeerUniqueConfig,
     pub scan: scan::ScanConfig,
     pub beaconing: beacon::BeaconConfig,
+    pub exfiltration: exfil::ExfilConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -136,6 +138,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     if config.beaconing.enabled {
         all.push(beacon::detect(&config.beaconing, inputs));
+    }
+    if config.exfiltration.enabled {
+        all.push(exfil::detect(&config.exfiltration, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
