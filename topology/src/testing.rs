@@ -231,7 +231,7 @@ where
             history_by_time.entry(fed_at).or_default().push((record, time, diff));
         }
         let times: std::collections::BTreeSet<Epoch> =
-            by_time.keys().chain(history_by_time.keys()).copied().filter(|t| *t < until).collect();
+            by_time.keys().chain(history_by_time.keys()).copied().filter(|t| *t <= until).collect();
         for time in times {
             contacts.advance_to(time);
             indicators.advance_to(time);

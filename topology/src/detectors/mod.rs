@@ -4,6 +4,8 @@
 
 pub mod beacon;
 pub mod exfil;
+pub mod lateral;
+pub mod novelty;
 pub mod peer_unique;
 pub mod scan;
 
@@ -23,6 +25,7 @@ pub struct DetectorsConfig {
     pub scan: scan::ScanConfig,
     pub beaconing: beacon::BeaconConfig,
     pub exfiltration: exfil::ExfilConfig,
+    pub lateral_movement: lateral::LateralConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -141,6 +144,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     if config.exfiltration.enabled {
         all.push(exfil::detect(&config.exfiltration, inputs));
+    }
+    if config.lateral_movement.enabled {
+        all.push(lateral::detect(&config.lateral_movement, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
