@@ -5,6 +5,7 @@
 pub mod beacon;
 pub mod exfil;
 pub mod lateral;
+pub mod new_edge;
 pub mod novelty;
 pub mod peer_unique;
 pub mod scan;
@@ -26,6 +27,7 @@ pub struct DetectorsConfig {
     pub beaconing: beacon::BeaconConfig,
     pub exfiltration: exfil::ExfilConfig,
     pub lateral_movement: lateral::LateralConfig,
+    pub new_edge: new_edge::NewEdgeConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -147,6 +149,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     if config.lateral_movement.enabled {
         all.push(lateral::detect(&config.lateral_movement, inputs));
+    }
+    if config.new_edge.enabled {
+        all.push(new_edge::detect(&config.new_edge.alongside(&config.lateral_movement), inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
