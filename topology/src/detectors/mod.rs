@@ -4,6 +4,7 @@
 
 pub mod beacon;
 pub mod exfil;
+pub mod intel;
 pub mod lateral;
 pub mod new_edge;
 pub mod novelty;
@@ -28,6 +29,7 @@ pub struct DetectorsConfig {
     pub exfiltration: exfil::ExfilConfig,
     pub lateral_movement: lateral::LateralConfig,
     pub new_edge: new_edge::NewEdgeConfig,
+    pub threat_intel: intel::IntelConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -152,6 +154,9 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     if config.new_edge.enabled {
         all.push(new_edge::detect(&config.new_edge.alongside(&config.lateral_movement), inputs));
+    }
+    if config.threat_intel.enabled {
+        all.push(intel::detect(&config.threat_intel, inputs));
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
