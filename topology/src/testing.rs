@@ -210,7 +210,8 @@ where
         });
         // Every update with the time it is fed at (its own time: the future retractions are fed
         // ahead, as the pipeline does, when their record enters).
-        let mut by_time: BTreeMap<Epoch, (Vec<(Edge, Epoch, Volume)>, Vec<(Indicator, isize)>)> = BTreeMap::new();
+        type Fed = (Vec<(Edge, Epoch, Volume)>, Vec<(Indicator, isize)>);
+        let mut by_time: BTreeMap<Epoch, Fed> = BTreeMap::new();
         for (edge, epoch, volume) in &scenario.contacts {
             by_time.entry(*epoch).or_default().0.push((edge.clone(), *epoch, *volume));
         }
@@ -218,7 +219,8 @@ where
             by_time.entry(*time).or_default().1.push((indicator.clone(), *diff));
         }
         let history_updates = if scenario.with_history { scenario.history_updates() } else { Vec::new() };
-        let mut history_by_time: BTreeMap<Epoch, Vec<((WorkloadEdge, Epoch), Epoch, isize)>> = BTreeMap::new();
+        type HistoryUpdate = ((WorkloadEdge, Epoch), Epoch, isize);
+        let mut history_by_time: BTreeMap<Epoch, Vec<HistoryUpdate>> = BTreeMap::new();
         for (record, time, diff) in history_updates {
             // The pipeline feeds a history record when its first contact arrives.
             let fed_at = scenario

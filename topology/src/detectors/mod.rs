@@ -160,3 +160,42 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     }
     differential_dataflow::collection::concatenate(scope, all)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{as_set, edge, run_scenario, vol, Scenario};
+
+    #[test]
+    fn every_section_has_defaults_and_a_partial_section_keeps_the_rest() {
+        let config: DetectorsConfig = serde_json::from_str(
+            r#"{"scan": {"min_distinct_ports": 20}, "lateral_movement": {"learning_period": "2h"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.scan.min_distinct_ports, 20);
+        assert_eq!(config.scan.min_distinct_hosts, scan::ScanConfig::default().min_distinct_hosts);
+        assert_eq!(config.lateral_movement.learning_period, std::time::Duration::from_secs(7200));
+        let round: DetectorsConfig = serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(round, config);
+        assert!(serde_json::from_str::<DetectorsConfig>(r#"{"scan": {"min_ports": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn all_detectors_run_together_and_each_reports_under_its_own_name() {
+        let mut s = Scenario::new(10);
+        for port in 1..=60 {
+            s.contacts.push((edge("host:10.0.0.66", None, "host:10.0.0.5", None, port), 2, vol(1, 1, 60, 0)));
+        }
+        s.indicators.push((
+            Indicator { network: "203.0.113.0/24".parse().unwrap(), source: "feed".into(), description: "C2".into() },
+            1,
+            1,
+        ));
+        s.contacts.push((edge("host:10.0.0.7", None, "ext:203.0.113.66", None, 443), 2, vol(1, 0, 60, 60)));
+        let out = run_scenario(&s, 3, |inputs| findings(&DetectorsConfig::default(), &inputs));
+        let mut detectors: Vec<String> = as_set(&out[&3]).into_iter().map(|f| f.detector).collect();
+        detectors.sort();
+        detectors.dedup();
+        assert_eq!(detectors, vec![scan::DETECTOR.to_owned(), intel::DETECTOR.to_owned()], "sorted by name");
+    }
+}

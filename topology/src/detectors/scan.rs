@@ -202,7 +202,8 @@ mod tests {
                 .or_default()
                 .plus_equals(&volume);
         }
-        let mut vertical: BTreeMap<(String, String), Vec<((u16, u8), bool)>> = BTreeMap::new();
+        type Services = Vec<((u16, u8), bool)>;
+        let mut vertical: BTreeMap<(String, String), Services> = BTreeMap::new();
         let mut horizontal: BTreeMap<(String, u16, u8), Vec<(String, bool)>> = BTreeMap::new();
         for ((src, dst, port, proto), volume) in &targets {
             let flag = unanswered(volume, config.tiny_flow_bytes);
