@@ -27,11 +27,14 @@ pub struct BeaconConfig {
     pub min_connections: usize,
     /// Lowest combined score that is reported. Unit: percent (0..=100).
     pub min_score: u8,
+    /// Score only edges to external destinations (`ext:`): internal services polled on a timer
+    /// (health checks, metrics scrapes) are regular by design. Unit: flag.
+    pub external_only: bool,
 }
 
 impl Default for BeaconConfig {
     fn default() -> Self {
-        BeaconConfig { enabled: true, min_connections: 4, min_score: 70 }
+        BeaconConfig { enabled: true, min_connections: 4, min_score: 70, external_only: true }
     }
 }
 
@@ -124,9 +127,11 @@ pub fn score(contacts: &[(Epoch, Volume)], min_connections: usize) -> Option<Bea
 /// Edges whose connections in the window look like a beacon.
 pub fn detect<'s>(config: &BeaconConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
     let (min_connections, min_score) = (config.min_connections, config.min_score as i64);
+    let external_only = config.external_only;
     inputs
         .contacts
         .clone()
+        .filter(move |(edge, _)| !external_only || edge.dst.is_external())
         .reduce(move |edge, input, output| {
             // One value per epoch, sorted, with the epoch's summed volume: at most window / tick.
             let contacts: Vec<(Epoch, Volume)> = input.iter().map(|(epoch, volume)| (**epoch, *volume)).collect();
@@ -196,6 +201,9 @@ mod tests {
     fn oracle(scenario: &Scenario, config: &BeaconConfig, at: Epoch) -> Vec<Finding> {
         let mut by_edge: BTreeMap<Edge, Vec<(Epoch, Volume)>> = BTreeMap::new();
         for ((edge, epoch), volume) in scenario.contacts_at(at) {
+            if config.external_only && !edge.dst.is_external() {
+                continue;
+            }
             by_edge.entry(edge).or_default().push((epoch, volume));
         }
         let mut out: Vec<Finding> = by_edge
@@ -271,6 +279,18 @@ mod tests {
     }
 
     #[test]
+    fn a_timer_driven_internal_call_is_not_a_beacon_unless_asked() {
+        let mut scenario = Scenario::new(10_000);
+        let scrape = edge("pod:mon/prometheus-0", Some("prometheus"), "host:10.0.0.5", None, 9100);
+        for i in 0..8 {
+            scenario.contacts.push((scrape.clone(), 1000 + i * 500, vol(1, 0, 300, 9000)));
+        }
+        assert!(found(&scenario, BeaconConfig::default(), 5000).is_empty());
+        let everything = BeaconConfig { external_only: false, ..BeaconConfig::default() };
+        assert_eq!(found(&scenario, everything, 5000).len(), 1);
+    }
+
+    #[test]
     fn three_connections_are_too_few() {
         let mut scenario = Scenario::new(10_000);
         for i in 0..3 {
@@ -280,9 +300,10 @@ mod tests {
     }
 
     fn contact() -> impl Strategy<Value = (Edge, Epoch, Volume)> {
-        (0..2usize, 0..2usize, 1..40u64, 1..3i64, 0..2i64, prop::sample::select(vec![100i64, 100, 100, 104, 3000]))
+        (0..2usize, 0..3usize, 1..40u64, 1..3i64, 0..2i64, prop::sample::select(vec![100i64, 100, 100, 104, 3000]))
             .prop_map(|(src, dst, epoch, flows, failed, bytes)| {
-                let e = edge(&format!("host:10.0.0.{src}"), None, &format!("ext:198.51.100.{dst}"), None, 443);
+                let dst = if dst == 0 { "host:10.0.1.1".to_owned() } else { format!("ext:198.51.100.{dst}") };
+                let e = edge(&format!("host:10.0.0.{src}"), None, &dst, None, 443);
                 (e, epoch, vol(flows, failed.min(flows), bytes * flows, 50))
             })
     }
@@ -301,10 +322,11 @@ mod tests {
         fn beacons_match_a_from_scratch_rescoring_at_every_epoch(
             noise in prop::collection::vec(contact(), 0..30),
             beats in regular(),
+            external_only: bool,
         ) {
             let mut scenario = Scenario::new(12);
             scenario.contacts = noise.into_iter().chain(beats).collect();
-            let config = BeaconConfig { min_score: 60, ..BeaconConfig::default() };
+            let config = BeaconConfig { min_score: 60, external_only, ..BeaconConfig::default() };
             let until = 50;
             let cfg = config.clone();
             let out = run_scenario(&scenario, until, move |inputs| detect(&cfg, &inputs));
