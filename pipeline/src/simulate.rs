@@ -415,7 +415,8 @@ impl Environment {
             out.push(self.udp(replica, &dns, 53, now_ms, step_ms, 70, 160, Some("dns")));
             if self.rng.random_bool(0.3) {
                 let payments = self.payments.clone();
-                out.push(self.tcp(replica, &payments, 443, now_ms, step_ms, 2_400, 5_100, Some("tls")));
+                let (request, response) = (self.rng.random_range(900..6_000), self.rng.random_range(1_500..12_000));
+                out.push(self.tcp(replica, &payments, 443, now_ms, step_ms, request, response, Some("tls")));
             }
         }
         self.attack_round(now_ms, step_ms, out);
@@ -535,6 +536,8 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
         }
         round.clear();
         env.round(t, step_ms, &mut round);
+        // Sensors export flows roughly in the order they end.
+        round.sort_by_key(|flow| flow.end_ms);
         for flow in &round {
             if sim.max_flows > 0 && report.flows >= sim.max_flows {
                 break 'rounds;

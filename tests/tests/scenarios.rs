@@ -23,6 +23,16 @@ fn a_benign_day_with_every_attack_class() {
     config.run.workers = 2;
     config.run.stop_at_end = true;
     config.run.idle_timeout = Duration::from_secs(2);
+    // A one-hour learning period for what needs history, and an upload floor for hosts without peers
+    // that a 75 MB burst in five minutes crosses.
+    config.detectors.lateral_movement.learning_period = Duration::from_secs(HOUR);
+    config.detectors.new_edge.learning_period = Duration::from_secs(HOUR);
+    // After only an hour of history every edge is "rare"; judge newness alone here.
+    config.detectors.new_edge.rare_max_epochs = 0;
+    config.detectors.exfiltration.ungrouped_min_bytes = 50_000_000;
+    // The simulator works in 20 s rounds, so its ordinary service calls are periodic enough to
+    // score 70-88 as beacons; the injected beacon (30 s ± 10 %, steady sizes) scores above 90.
+    config.detectors.beaconing.min_score = 90;
     config.simulate.seed = 3;
     config.simulate.start_ms = Some(START_MS);
     config.simulate.duration = Duration::from_secs(24 * HOUR);
@@ -59,7 +69,8 @@ fn a_benign_day_with_every_attack_class() {
     let producer: BaseProducer = peergraph::kafka::client_config(&config.kafka).create().unwrap();
     let encoder = Encoder::<Indicator>::new(WireFormat::Json).unwrap();
     for (network, description) in [("203.0.113.200", "test C2"), ("192.0.2.128/25", "unused")] {
-        let indicator = Indicator { network: network.into(), source: "test-feed".into(), description: Some(description.into()) };
+        let indicator =
+            Indicator { network: network.into(), source: "test-feed".into(), description: Some(description.into()) };
         let payload = encoder.encode_to_vec(&indicator).unwrap();
         producer.send(BaseRecord::to(&config.topics.indicators).key(network).payload(&payload)).unwrap();
     }
@@ -83,29 +94,41 @@ fn a_benign_day_with_every_attack_class() {
     .into_iter()
     .collect();
     let window_ms = 300_000;
+    let mut missed = Vec::new();
     for label in &simulated.labels {
         let detector = expected[label.attack.as_str()];
         let hit = raised.iter().find(|a| {
             a.entity == label.entity
                 && a.detector == detector
-                && a.event_time_ms >= label.start_ms
+                // A flow ends up to one simulation step before the round that emits it.
+                && a.event_time_ms >= label.start_ms - 20_000
                 && a.event_time_ms <= label.end_ms + window_ms
         });
-        assert!(
-            hit.is_some(),
-            "{} by {} ({}..{}) was not alerted by {detector}; raised: {:#?}",
-            label.attack,
-            label.entity,
-            label.start_ms,
-            label.end_ms,
-            raised.iter().map(|a| (&a.detector, &a.entity, a.event_time_ms)).collect::<Vec<_>>()
-        );
+        if hit.is_none() {
+            missed.push(format!(
+                "{} by {} (+{}s..+{}s) was not alerted by {detector}",
+                label.attack,
+                label.entity,
+                (label.start_ms - START_MS) / 1000,
+                (label.end_ms - START_MS) / 1000,
+            ));
+        }
     }
     let attackers: Vec<&str> = simulated.labels.iter().map(|l| l.entity.as_str()).collect();
     let benign: Vec<_> = raised
         .iter()
         .filter(|a| !attackers.contains(&a.entity.as_str()))
-        .map(|a| (&a.detector, &a.entity, a.event_time_ms, &a.summary))
+        .map(|a| format!("{} {} +{}s: {}", a.detector, a.entity, (a.event_time_ms - START_MS) / 1000, a.summary))
         .collect();
-    assert!(benign.is_empty(), "benign traffic raised alerts: {benign:#?}");
+    let about_attackers: Vec<_> = raised
+        .iter()
+        .filter(|a| attackers.contains(&a.entity.as_str()) && a.entity.starts_with("pod:"))
+        .map(|a| format!("{} {} +{}s", a.detector, a.entity, (a.event_time_ms - START_MS) / 1000))
+        .collect();
+    assert!(
+        missed.is_empty() && benign.is_empty(),
+        "missed: {missed:#?}\nbenign traffic raised {} alerts: {:#?}\nalerts about attackers: {about_attackers:#?}",
+        benign.len(),
+        &benign[..benign.len().min(15)]
+    );
 }
