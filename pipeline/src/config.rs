@@ -64,6 +64,11 @@ pub struct TopicsConfig {
     /// The service graph's changes, keyed by edge (created compacted: the latest state of every
     /// edge, tombstones for edges that left the window). Empty: not produced.
     pub service_graph: String,
+    /// The inventory (compacted, keyed by network; `Asset` records); read whole by one worker.
+    /// Empty: no inventory.
+    pub assets: String,
+    /// Threat-intel indicators (compacted, keyed by network; `Indicator` records). Empty: none.
+    pub indicators: String,
     /// Where undecodable, invalid and (with `input.late = "dead-letter"`) late flows go, with the
     /// reason in the headers. Empty: such records are counted, logged and skipped.
     pub dead_letter: String,
@@ -79,6 +84,8 @@ impl Default for TopicsConfig {
             flows: "peergraph.flows".into(),
             alerts: "peergraph.alerts".into(),
             service_graph: "peergraph.service-graph".into(),
+            assets: "peergraph.assets".into(),
+            indicators: "peergraph.indicators".into(),
             dead_letter: String::new(),
             create: true,
             partitions: 4,

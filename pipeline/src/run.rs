@@ -13,7 +13,7 @@ use anyhow::Context;
 use differential_dataflow::input::InputSession;
 use peergraph_schemas::codec::{Decoder, Encoder};
 use peergraph_schemas::{Alert, Flow, GraphEdge};
-use peergraph_topology::{build, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
+use peergraph_topology::{build, AssetRecord, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
 use timely::communication::Config as CommunicationConfig;
@@ -25,6 +25,7 @@ use timely::dataflow::operators::{Concat as _, Probe as _};
 
 use crate::config::Config;
 use crate::kafka::output::{produce, RecordSink};
+use crate::kafka::reference::{self, ReferenceReader};
 use crate::kafka::source::{EdgeBatch, FlowSource};
 use crate::kafka::{self, client_config};
 use crate::metrics::Metrics;
@@ -50,6 +51,7 @@ struct Announcement {
 /// The worker's handles on the dataflow's inputs, advanced together.
 struct Feeds {
     contacts: InputSession<Epoch, (Edge, Epoch), Volume>,
+    assets: InputSession<Epoch, AssetRecord, isize>,
     indicators: InputSession<Epoch, Indicator, isize>,
     history: InputSession<Epoch, (WorkloadEdge, Epoch), isize>,
     /// Workload edges this worker already put into the history for a coarse epoch; only the
@@ -87,12 +89,14 @@ impl Feeds {
 
     fn advance_to(&mut self, time: Epoch) {
         self.contacts.advance_to(time);
+        self.assets.advance_to(time);
         self.indicators.advance_to(time);
         self.history.advance_to(time);
     }
 
     fn flush(&mut self) {
         self.contacts.flush();
+        self.assets.flush();
         self.indicators.flush();
         self.history.flush();
     }
@@ -202,9 +206,10 @@ fn run_worker(
     let (mut feeds, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
         let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
+        let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-        let outputs = build(&topology, Inputs { contacts, indicators, history });
+        let outputs = build(&topology, Inputs { contacts, assets, indicators, history });
         let produced = produce(outputs.alerts, alert_sink);
         let produced = match graph_sink {
             Some(sink) => produced.concat(produce(outputs.graph_changes, sink)),
@@ -226,6 +231,7 @@ fn run_worker(
         });
         let feeds = Feeds {
             contacts: contacts_in,
+            assets: assets_in,
             indicators: indicators_in,
             history: history_in,
             remembered: BTreeMap::new(),
@@ -234,6 +240,29 @@ fn run_worker(
     });
 
     let tick = config.time.tick_ms();
+    // The reference topics are read whole by worker 0; the dataflow spreads them by key.
+    let mut asset_reader = None;
+    let mut indicator_reader = None;
+    if index == 0 {
+        if !config.topics.assets.is_empty() {
+            asset_reader = Some(ReferenceReader::open(
+                &config.kafka,
+                &client,
+                &config.topics.assets,
+                reference::asset_record,
+                metrics.clone(),
+            )?);
+        }
+        if !config.topics.indicators.is_empty() {
+            indicator_reader = Some(ReferenceReader::open(
+                &config.kafka,
+                &client,
+                &config.topics.indicators,
+                reference::indicator_record,
+                metrics.clone(),
+            )?);
+        }
+    }
     let mut batch = EdgeBatch::new();
     let mut report = RunReport::default();
     let mut announced_finish = false;
@@ -248,8 +277,14 @@ fn run_worker(
         }
 
         let floor = feeds.time();
-        let read = source.poll(&mut batch, floor)?;
-        report.messages += read as u64;
+        let mut read = source.poll(&mut batch, floor)?;
+        if let Some(reader) = asset_reader.as_mut() {
+            read += reader.poll(|asset, diff| feeds.assets.update(asset, diff));
+        }
+        if let Some(reader) = indicator_reader.as_mut() {
+            read += reader.poll(|indicator, diff| feeds.indicators.update(indicator, diff));
+        }
+        report.messages = source.messages();
         let updates = feeds.window(&mut batch, &config.time);
         report.edge_updates += updates;
         metrics.edge_updates.inc_by(updates);

@@ -48,6 +48,8 @@ pub struct SimulateConfig {
     pub start_ms: Option<i64>,
     /// The swapped-image attack; absent: benign traffic only.
     pub swap: Option<SwapConfig>,
+    /// Further attacks, each at its time, by an office client.
+    pub attacks: Vec<AttackConfig>,
     /// Where to write the ground-truth labels (JSON lines, one per injected attack).
     pub labels: Option<PathBuf>,
 }
@@ -65,6 +67,7 @@ impl Default for SimulateConfig {
             speed: 0.0,
             start_ms: None,
             swap: None,
+            attacks: Vec::new(),
             labels: None,
         }
     }
@@ -95,6 +98,66 @@ impl Default for SwapConfig {
             lasting: Duration::from_secs(120),
             destination: "203.0.113.66".into(),
             port: 4444,
+        }
+    }
+}
+
+/// One attack by an office client.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttackConfig {
+    pub kind: AttackKind,
+    /// Simulated time from the start when it begins.
+    #[serde(with = "humantime_serde")]
+    pub at: Duration,
+    /// How long it goes on.
+    #[serde(with = "humantime_serde")]
+    pub lasting: Duration,
+    /// Index of the office client that attacks (0-based).
+    #[serde(default)]
+    pub client: usize,
+    /// The address attacked or called; absent: the kind's default.
+    #[serde(default)]
+    pub target: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AttackKind {
+    /// Many ports of one internal server, half-open or refused (T1046).
+    PortScan,
+    /// One port (SMB) on many internal addresses, mostly unanswered (T1046).
+    Sweep,
+    /// Regular calls to an external address, every 30 s ± 10 %, with steady sizes (T1071).
+    Beacon,
+    /// Megabytes out to an external address every step (T1048).
+    Exfiltration,
+    /// SSH, RDP and SMB to internal hosts it never talked to (T1021).
+    LateralMovement,
+    /// Calls to an address on a threat-intel list (the test lists it).
+    IntelHit,
+}
+
+impl AttackKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            AttackKind::PortScan => "port_scan",
+            AttackKind::Sweep => "sweep",
+            AttackKind::Beacon => "beacon",
+            AttackKind::Exfiltration => "exfiltration",
+            AttackKind::LateralMovement => "lateral_movement",
+            AttackKind::IntelHit => "intel_hit",
+        }
+    }
+
+    fn default_target(self) -> &'static str {
+        match self {
+            AttackKind::PortScan => "10.30.0.5",
+            AttackKind::Sweep => "10.40.0.0",
+            AttackKind::Beacon => "185.100.87.12",
+            AttackKind::Exfiltration => "45.33.32.156",
+            AttackKind::LateralMovement => "10.50.0.0",
+            AttackKind::IntelHit => "203.0.113.200",
         }
     }
 }
@@ -168,6 +231,8 @@ pub struct Environment {
     payments: Node,
     saas: Vec<Node>,
     swap: Option<(SwapConfig, Node)>,
+    /// Each attack with its progress: the next beacon time, or how many probes it has sent.
+    attacks: Vec<(AttackConfig, i64)>,
     start_ms: i64,
 }
 
@@ -212,22 +277,105 @@ impl Environment {
             payments: Node::host("198.51.100.10".into()),
             saas: ["192.0.2.10", "192.0.2.20", "192.0.2.30"].iter().map(|a| Node::host((*a).into())).collect(),
             swap,
+            attacks: config.attacks.iter().map(|a| (a.clone(), start_ms + a.at.as_millis() as i64)).collect(),
             start_ms,
         }
     }
 
     /// The labels of what this environment injects.
     pub fn labels(&self, end_ms: i64) -> Vec<Label> {
-        self.swap
-            .iter()
-            .map(|(swap, node)| Label {
-                entity: node.entity(),
-                attack: "swapped_image".into(),
-                destination: format!("ext:{}", swap.destination),
-                start_ms: self.start_ms + swap.at.as_millis() as i64,
-                end_ms: (self.start_ms + (swap.at + swap.lasting).as_millis() as i64).min(end_ms),
+        let swaps = self.swap.iter().map(|(swap, node)| Label {
+            entity: node.entity(),
+            attack: "swapped_image".into(),
+            destination: format!("ext:{}", swap.destination),
+            start_ms: self.start_ms + swap.at.as_millis() as i64,
+            end_ms: (self.start_ms + (swap.at + swap.lasting).as_millis() as i64).min(end_ms),
+        });
+        let attacks = self.attacks.iter().filter_map(|(attack, _)| {
+            let attacker = self.clients.get(attack.client)?;
+            let target = attack.target.clone().unwrap_or_else(|| attack.kind.default_target().to_owned());
+            Some(Label {
+                entity: attacker.entity(),
+                attack: attack.kind.name().into(),
+                destination: target,
+                start_ms: self.start_ms + attack.at.as_millis() as i64,
+                end_ms: (self.start_ms + (attack.at + attack.lasting).as_millis() as i64).min(end_ms),
             })
-            .collect()
+        });
+        swaps.chain(attacks).collect()
+    }
+
+    /// The attacks' flows for the step ending at `now_ms`.
+    fn attack_round(&mut self, now_ms: i64, step_ms: i64, out: &mut Vec<Flow>) {
+        let mut attacks = std::mem::take(&mut self.attacks);
+        for (attack, progress) in attacks.iter_mut() {
+            let from = self.start_ms + attack.at.as_millis() as i64;
+            let until = from + attack.lasting.as_millis() as i64;
+            let Some(attacker) = self.clients.get(attack.client).cloned() else { continue };
+            let target = attack.target.clone().unwrap_or_else(|| attack.kind.default_target().to_owned());
+            if now_ms <= from || now_ms - step_ms >= until {
+                continue;
+            }
+            match attack.kind {
+                AttackKind::PortScan => {
+                    let host = Node::host(target);
+                    for _ in 0..40 {
+                        let port = 1 + (*progress % 1024) as i32;
+                        *progress += 1;
+                        let mut flow = self.tcp(&attacker, &host, port, now_ms, step_ms, 60, 0, None);
+                        flow.conn_state = if port % 3 == 0 { ConnState::REJ } else { ConnState::S0 };
+                        flow.tcp_flags = tcp_flag::SYN;
+                        flow.packets_in = 0;
+                        out.push(flow);
+                    }
+                }
+                AttackKind::Sweep => {
+                    let base: std::net::Ipv4Addr = target.parse().unwrap_or(std::net::Ipv4Addr::new(10, 40, 0, 0));
+                    for _ in 0..30 {
+                        let n = (*progress % 60_000) as u32;
+                        *progress += 1;
+                        let address = std::net::Ipv4Addr::from(u32::from(base) + 1 + n);
+                        let host = Node::host(address.to_string());
+                        let mut flow = self.tcp(&attacker, &host, 445, now_ms, step_ms, 60, 0, None);
+                        flow.conn_state = ConnState::S0;
+                        flow.tcp_flags = tcp_flag::SYN;
+                        flow.packets_in = 0;
+                        out.push(flow);
+                    }
+                }
+                AttackKind::Beacon => {
+                    // `progress` is the next beacon's time.
+                    let c2 = Node::host(target);
+                    while *progress <= now_ms && *progress < until {
+                        let at = *progress;
+                        let bytes = 1_200 + self.rng.random_range(-50..=50);
+                        let mut flow = self.tcp(&attacker, &c2, 443, at, 1, bytes, 300, Some("tls"));
+                        flow.end_ms = at;
+                        flow.start_ms = at - 150;
+                        out.push(flow);
+                        *progress += 30_000 + self.rng.random_range(-3_000..=3_000);
+                    }
+                }
+                AttackKind::Exfiltration => {
+                    let drop = Node::host(target);
+                    let bytes = 5_000_000 + self.rng.random_range(0..1_000_000);
+                    out.push(self.tcp(&attacker, &drop, 443, now_ms, step_ms, bytes, 20_000, Some("tls")));
+                }
+                AttackKind::LateralMovement => {
+                    let base: std::net::Ipv4Addr = target.parse().unwrap_or(std::net::Ipv4Addr::new(10, 50, 0, 0));
+                    let n = (*progress % 250) as u32;
+                    *progress += 1;
+                    let host = Node::host(std::net::Ipv4Addr::from(u32::from(base) + 1 + n).to_string());
+                    let port = [22, 3389, 445][(n % 3) as usize];
+                    out.push(self.tcp(&attacker, &host, port, now_ms, step_ms, 4_000, 9_000, None));
+                }
+                AttackKind::IntelHit => {
+                    let bad = Node::host(target);
+                    out.push(self.tcp(&attacker, &bad, 443, now_ms, step_ms, 900, 4_000, Some("tls")));
+                }
+            }
+        }
+        self.attacks = attacks;
     }
 
     /// The flows that end in the step ending at `now_ms`.
@@ -267,9 +415,11 @@ impl Environment {
             out.push(self.udp(replica, &dns, 53, now_ms, step_ms, 70, 160, Some("dns")));
             if self.rng.random_bool(0.3) {
                 let payments = self.payments.clone();
-                out.push(self.tcp(replica, &payments, 443, now_ms, step_ms, 2_400, 5_100, Some("tls")));
+                let (request, response) = (self.rng.random_range(900..6_000), self.rng.random_range(1_500..12_000));
+                out.push(self.tcp(replica, &payments, 443, now_ms, step_ms, request, response, Some("tls")));
             }
         }
+        self.attack_round(now_ms, step_ms, out);
         // The malicious image phones home.
         if let Some((replica, _, swap)) = swapped {
             let c2 = Node::host(swap.destination.clone());
@@ -386,6 +536,8 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
         }
         round.clear();
         env.round(t, step_ms, &mut round);
+        // Sensors export flows roughly in the order they end.
+        round.sort_by_key(|flow| flow.end_ms);
         for flow in &round {
             if sim.max_flows > 0 && report.flows >= sim.max_flows {
                 break 'rounds;
@@ -460,6 +612,55 @@ mod tests {
         for flow in flows(&config, 3) {
             flow.validate().unwrap();
             assert!(flow.end_ms <= 20_000 && flow.end_ms > 0);
+        }
+    }
+
+    #[test]
+    fn every_attack_comes_from_its_client_within_its_time_and_is_labelled() {
+        let kinds = [
+            AttackKind::PortScan,
+            AttackKind::Sweep,
+            AttackKind::Beacon,
+            AttackKind::Exfiltration,
+            AttackKind::LateralMovement,
+            AttackKind::IntelHit,
+        ];
+        let attacks: Vec<AttackConfig> = kinds
+            .iter()
+            .enumerate()
+            .map(|(i, kind)| AttackConfig {
+                kind: *kind,
+                at: Duration::from_secs(10),
+                lasting: Duration::from_secs(120),
+                client: i,
+                target: None,
+            })
+            .collect();
+        let config = SimulateConfig { attacks, ..SimulateConfig::default() };
+        let all = flows(&config, 200);
+        let env = Environment::new(&config, 0);
+        let labels = env.labels(200_000);
+        assert_eq!(labels.len(), kinds.len());
+        for (kind, label) in kinds.iter().zip(&labels) {
+            assert_eq!(label.attack, kind.name());
+            let target = kind.default_target();
+            let theirs: Vec<&Flow> = all
+                .iter()
+                .filter(|f| {
+                    format!("host:{}", f.src_addr) == label.entity
+                        && !f.dst_addr.starts_with("10.1.")
+                        && !f.dst_addr.starts_with("192.0.2.")
+                })
+                .collect();
+            assert!(!theirs.is_empty(), "{kind:?} sent nothing");
+            for flow in &theirs {
+                assert!(flow.end_ms >= 10_000 && flow.end_ms <= 130_000, "{kind:?} at {}", flow.end_ms);
+                flow.validate().unwrap();
+            }
+            if matches!(kind, AttackKind::Beacon) {
+                assert!((4..=5).contains(&theirs.len()), "a beacon every 30 s ± 10 % for 120 s: {}", theirs.len());
+                assert!(theirs.iter().all(|f| f.dst_addr == target));
+            }
         }
     }
 

@@ -3,10 +3,12 @@
 
 pub mod adapters;
 pub mod alert;
+pub mod asset;
 pub mod codec;
 pub mod edge;
 pub mod flow;
 
 pub use alert::{Alert, AlertEvent, Severity};
+pub use asset::{Asset, Indicator};
 pub use edge::{EdgeLevel, GraphEdge};
 pub use flow::{ConnState, EndpointMeta, Flow, InvalidFlow};

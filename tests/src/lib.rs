@@ -26,6 +26,8 @@ pub fn config(test: &str) -> Config {
     config.topics.flows = format!("{prefix}.flows");
     config.topics.alerts = format!("{prefix}.alerts");
     config.topics.service_graph = format!("{prefix}.service-graph");
+    config.topics.assets = format!("{prefix}.assets");
+    config.topics.indicators = format!("{prefix}.indicators");
     config.input.group_id = format!("{prefix}.pipeline");
     config.connect.group_id = format!("{prefix}.connect");
     config.metrics.listen = String::new();

@@ -2,6 +2,7 @@
 //! collections that update incrementally as flows arrive and windows slide. No Kafka in here: the
 //! pipeline feeds [`Edge`] updates in and reads [`Alert`](peergraph_schemas::Alert)s out.
 
+pub mod assets;
 pub mod detectors;
 pub mod entity;
 pub mod graph;
@@ -15,6 +16,7 @@ pub mod volume;
 #[cfg(test)]
 mod testing;
 
+pub use assets::AssetRecord;
 pub use detectors::{DetectorInputs, DetectorsConfig, Finding, Indicator};
 pub use entity::{Endpoint, EntityResolver, ResolverConfig};
 pub use graph::{Edge, WorkloadEdge};

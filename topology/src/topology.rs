@@ -6,6 +6,7 @@ use peergraph_schemas::{Alert, GraphEdge};
 use serde::{Deserialize, Serialize};
 use timely::dataflow::Stream;
 
+use crate::assets::{asset_matches, resolve_assets, resolve_history, weigh_by_criticality, AssetRecord};
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
 use crate::graph::{graph_changes, service_graph, Edge, EdgeState, GraphKey, WorkloadEdge};
@@ -29,6 +30,8 @@ pub struct Inputs<'s> {
     /// Each flow's resolved edge with its epoch: +volume at the epoch, −volume at epoch + window.
     /// Flows of one poll batch with the same edge and epoch arrive as one update.
     pub contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
+    /// The inventory: +1 when an asset is listed, −1 when it is withdrawn or changed.
+    pub assets: VecCollection<'s, Epoch, AssetRecord>,
     /// Threat-intel indicators, +1 when listed and −1 when withdrawn.
     pub indicators: VecCollection<'s, Epoch, Indicator>,
     /// Workload edges at coarse epochs, +1 when first seen in a coarse tick and −1 when the history
@@ -51,15 +54,17 @@ pub struct Outputs<'s> {
 /// Builds the dataflow. The caller does the windowing of `contacts` (see `time`).
 pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let timings = Timings::new(&config.lifecycle, config.time.window);
-    let edges = inputs.contacts.clone().map(|(edge, _epoch)| edge);
+    let matches = asset_matches(inputs.contacts.clone(), inputs.assets);
+    let contacts = resolve_assets(inputs.contacts, matches.clone());
+    let edges = contacts.clone().map(|(edge, _epoch)| edge);
     let detector_inputs = DetectorInputs {
         members: membership(edges.clone()),
         edges: edges.clone(),
-        contacts: inputs.contacts,
+        contacts,
         indicators: inputs.indicators,
-        history: inputs.history,
+        history: resolve_history(inputs.history, matches.clone()),
     };
-    let findings = findings(&config.detectors, &detector_inputs);
+    let findings = weigh_by_criticality(findings(&config.detectors, &detector_inputs), matches);
     let observed = observation_start(edges.clone());
     let graph = service_graph(detector_inputs.contacts.clone());
     Outputs {

@@ -2,6 +2,7 @@
 //! that feeds the timely workers and the output sinks (alerts, service graph) that write their output.
 
 pub mod output;
+pub mod reference;
 pub mod source;
 
 use std::time::{Duration, Instant};
@@ -41,6 +42,9 @@ pub fn client_config(kafka: &KafkaConfig) -> ClientConfig {
     config
 }
 
+/// How long a missing topic is looked for again before it is an error.
+const MISSING_TOPIC_GRACE: Duration = Duration::from_secs(5);
+
 /// Number of partitions of `topic`, retrying while the brokers are unreachable (up to
 /// `kafka.connect_timeout`), so a pipeline started before its broker waits instead of failing.
 pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaError> {
@@ -57,6 +61,8 @@ pub fn partition_count(kafka: &KafkaConfig, topic: &str) -> Result<i32, KafkaErr
                     Some(t) if t.error().is_none() && !t.partitions().is_empty() => {
                         return Ok(t.partitions().len() as i32)
                     }
+                    // A topic created a moment ago may not be in every broker's metadata yet.
+                    _ if started.elapsed() < MISSING_TOPIC_GRACE => std::thread::sleep(Duration::from_millis(200)),
                     _ => return Err(KafkaError::MissingTopic { topic: topic.into(), brokers: kafka.brokers.clone() }),
                 }
             }
@@ -126,16 +132,17 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
         .create()
         .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
     let names: Vec<&str> =
-        [topics.flows.as_str(), topics.alerts.as_str(), topics.service_graph.as_str(), topics.dead_letter.as_str()]
+        [&topics.flows, &topics.alerts, &topics.service_graph, &topics.assets, &topics.indicators, &topics.dead_letter]
             .into_iter()
+            .map(String::as_str)
             .filter(|t| !t.is_empty())
             .collect();
     let new: Vec<NewTopic> = names
         .iter()
         .map(|name| {
             let topic = NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor));
-            // The changelog keeps each edge's latest state.
-            if *name == topics.service_graph {
+            // Changelogs and reference topics keep each key's latest record.
+            if *name == topics.service_graph || *name == topics.assets || *name == topics.indicators {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic

@@ -73,6 +73,8 @@ struct Intake {
     logged: HashSet<&'static str>,
     /// Wall clock at the start of the current poll, ms since the Unix epoch.
     wall_ms: i64,
+    /// Flow messages read.
+    messages: u64,
     max_future_ms: i64,
     max_flow_bytes: i64,
     destinations: DestinationCap,
@@ -186,6 +188,7 @@ impl FlowSource {
             metrics,
             logged: HashSet::new(),
             wall_ms: 0,
+            messages: 0,
             max_future_ms: config.input.max_future.as_millis() as i64,
             max_flow_bytes: config.input.max_flow_bytes,
             destinations: DestinationCap {
@@ -225,6 +228,7 @@ impl FlowSource {
             }
         }
         if read > 0 {
+            self.intake.messages += read as u64;
             self.intake.metrics.messages_consumed.inc_by(read as u64);
             self.pending.push_back(PendingCommit { epoch: max_epoch, offsets: offsets.into_iter().collect() });
         }
@@ -249,6 +253,11 @@ impl FlowSource {
             Some(least) => least,
             None => self.intake.partitions.values().map(mark).max().unwrap_or(0).max(announced),
         }
+    }
+
+    /// Flow messages read so far.
+    pub fn messages(&self) -> u64 {
+        self.intake.messages
     }
 
     /// With `stop_at_end`: every partition has been read to its end offset.

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use super::rabin_fingerprint;
-use crate::{Alert, Flow, GraphEdge};
+use crate::{Alert, Asset, Flow, GraphEdge, Indicator};
 
 /// A record type with an Avro schema: what [`Encoder`](super::Encoder) and [`Decoder`](super::Decoder)
 /// work with. The serde field and variant names are the Avro field names and enum symbols.
@@ -53,6 +53,8 @@ macro_rules! record {
 record!(Flow, "io.peergraph.Flow", "flow.avsc");
 record!(Alert, "io.peergraph.Alert", "alert.avsc");
 record!(GraphEdge, "io.peergraph.GraphEdge", "graph_edge.avsc");
+record!(Asset, "io.peergraph.Asset", "asset.avsc");
+record!(Indicator, "io.peergraph.Indicator", "indicator.avsc");
 
 #[cfg(test)]
 mod tests {

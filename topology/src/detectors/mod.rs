@@ -2,9 +2,16 @@
 //! ("pod X talks to Y, which none of its peers touch") that holds while its evidence is in the
 //! window; the lifecycle stage turns findings appearing and disappearing into alert events.
 
+pub mod beacon;
 pub mod entity_cap;
+pub mod exfil;
+pub mod intel;
+pub mod lateral;
+pub mod new_edge;
+pub mod novelty;
 pub mod peer_deviation;
 pub mod peer_unique;
+pub mod scan;
 
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
@@ -21,6 +28,12 @@ pub struct DetectorsConfig {
     pub peer_unique_destination: peer_unique::PeerUniqueConfig,
     pub peer_group_deviation: peer_deviation::PeerDeviationConfig,
     pub entity_cap: entity_cap::EntityCapConfig,
+    pub scan: scan::ScanConfig,
+    pub beaconing: beacon::BeaconConfig,
+    pub exfiltration: exfil::ExfilConfig,
+    pub lateral_movement: lateral::LateralConfig,
+    pub new_edge: new_edge::NewEdgeConfig,
+    pub threat_intel: intel::IntelConfig,
 }
 
 /// What a detector found. Its identity is `(detector, entity, key)`; the rest may change while it
@@ -82,6 +95,48 @@ pub struct Indicator {
     pub description: String,
 }
 
+/// A service as findings name it: "22/tcp", "53/udp", "0/icmp".
+pub fn service(port: u16, protocol: u8) -> String {
+    match protocol {
+        1 => format!("{port}/icmp"),
+        6 => format!("{port}/tcp"),
+        17 => format!("{port}/udp"),
+        58 => format!("{port}/icmpv6"),
+        other => format!("{port}/proto-{other}"),
+    }
+}
+
+/// How many buckets [`smallest`] spreads one key's values over.
+const SAMPLE_BUCKETS: u64 = 256;
+
+/// The `count` smallest values of every key, for evidence samples. A single reduce over a key's
+/// values would redo work proportional to all of them on every change (a scanner touching a
+/// million hosts would make each update cost a million); here the values are first spread over
+/// [`SAMPLE_BUCKETS`] buckets by hash, each bucket keeps its `count` smallest, and the key keeps
+/// the smallest of those, so an update costs about `n / 256 + 256 × count` values.
+pub fn smallest<'s, K, V>(
+    values: VecCollection<'s, Epoch, (K, V)>,
+    count: usize,
+) -> VecCollection<'s, Epoch, (K, Vec<V>)>
+where
+    K: differential_dataflow::ExchangeData + std::hash::Hash,
+    V: differential_dataflow::ExchangeData + std::hash::Hash,
+{
+    use differential_dataflow::hashable::Hashable;
+    values
+        .map(|(key, value)| {
+            let bucket = value.hashed() % SAMPLE_BUCKETS;
+            ((key, bucket), value)
+        })
+        .reduce(move |_, input, output: &mut Vec<(V, isize)>| {
+            output.extend(input.iter().take(count).map(|(value, _)| ((*value).clone(), 1)));
+        })
+        .map(|((key, _bucket), value)| (key, value))
+        .reduce(move |_, input, output| {
+            output.push((input.iter().take(count).map(|(value, _)| (*value).clone()).collect::<Vec<V>>(), 1));
+        })
+}
+
 /// Every enabled detector over the windowed graph.
 pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
     let scope = inputs.edges.scope();
@@ -95,5 +150,62 @@ pub fn findings<'s>(config: &DetectorsConfig, inputs: &DetectorInputs<'s>) -> Ve
     if config.entity_cap.enabled {
         all.push(entity_cap::detect(&config.entity_cap, inputs));
     }
+    if config.scan.enabled {
+        all.push(scan::detect(&config.scan, inputs));
+    }
+    if config.beaconing.enabled {
+        all.push(beacon::detect(&config.beaconing, inputs));
+    }
+    if config.exfiltration.enabled {
+        all.push(exfil::detect(&config.exfiltration, inputs));
+    }
+    if config.lateral_movement.enabled {
+        all.push(lateral::detect(&config.lateral_movement, inputs));
+    }
+    if config.new_edge.enabled {
+        all.push(new_edge::detect(&config.new_edge.alongside(&config.lateral_movement), inputs));
+    }
+    if config.threat_intel.enabled {
+        all.push(intel::detect(&config.threat_intel, inputs));
+    }
     differential_dataflow::collection::concatenate(scope, all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{as_set, edge, run_scenario, vol, Scenario};
+
+    #[test]
+    fn every_section_has_defaults_and_a_partial_section_keeps_the_rest() {
+        let config: DetectorsConfig = serde_json::from_str(
+            r#"{"scan": {"min_distinct_ports": 20}, "lateral_movement": {"learning_period": "2h"}}"#,
+        )
+        .unwrap();
+        assert_eq!(config.scan.min_distinct_ports, 20);
+        assert_eq!(config.scan.min_distinct_hosts, scan::ScanConfig::default().min_distinct_hosts);
+        assert_eq!(config.lateral_movement.learning_period, std::time::Duration::from_secs(7200));
+        let round: DetectorsConfig = serde_json::from_value(serde_json::to_value(&config).unwrap()).unwrap();
+        assert_eq!(round, config);
+        assert!(serde_json::from_str::<DetectorsConfig>(r#"{"scan": {"min_ports": 1}}"#).is_err());
+    }
+
+    #[test]
+    fn all_detectors_run_together_and_each_reports_under_its_own_name() {
+        let mut s = Scenario::new(10);
+        for port in 1..=60 {
+            s.contacts.push((edge("host:10.0.0.66", None, "host:10.0.0.5", None, port), 2, vol(1, 1, 60, 0)));
+        }
+        s.indicators.push((
+            Indicator { network: "203.0.113.0/24".parse().unwrap(), source: "feed".into(), description: "C2".into() },
+            1,
+            1,
+        ));
+        s.contacts.push((edge("host:10.0.0.7", None, "ext:203.0.113.66", None, 443), 2, vol(1, 0, 60, 60)));
+        let out = run_scenario(&s, 3, |inputs| findings(&DetectorsConfig::default(), &inputs));
+        let mut detectors: Vec<String> = as_set(&out[&3]).into_iter().map(|f| f.detector).collect();
+        detectors.sort();
+        detectors.dedup();
+        assert_eq!(detectors, vec![scan::DETECTOR.to_owned(), intel::DETECTOR.to_owned()], "sorted by name");
+    }
 }
