@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use peergraph_connectors::ConnectConfig;
+use peergraph_schemas::adapters::{Adapter, InputFormat};
 use peergraph_schemas::codec::WireFormat;
 use peergraph_topology::{DetectorsConfig, LifecycleConfig, ResolverConfig, TimeConfig, TopologyConfig};
 use serde::{Deserialize, Serialize};
@@ -29,6 +30,8 @@ pub struct Config {
     pub simulate: crate::simulate::SimulateConfig,
     pub connect: ConnectConfig,
     pub metrics: MetricsConfig,
+    /// The pcap flow sensor.
+    pub sensor: crate::sensor::SensorConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -100,6 +103,14 @@ impl Default for TopicsConfig {
 pub struct InputConfig {
     /// Consumer group under which `run` commits its progress (for monitoring and restarts).
     pub group_id: String,
+    /// What the sensors on the flows topic publish: "peergraph" (peergraph's own Flow records,
+    /// JSON or Avro, detected per message), "goflow2-json", "goflow2-protobuf", "zeek-conn-json",
+    /// "zeek-conn-tsv", "suricata-eve", "hubble", "aws-vpc", "pmacct-json". See docs/inputs.md.
+    pub format: InputFormat,
+    /// Sensor id given to flows whose format names none.
+    pub sensor_id: Option<String>,
+    /// Column order for header-less zeek-conn-tsv and aws-vpc records (space-separated names).
+    pub fields: Option<String>,
     /// Messages larger than this are refused (counted, dead-lettered when configured).
     pub max_message_bytes: usize,
     /// What to do with a record older than its partition's watermark.
@@ -124,6 +135,9 @@ impl Default for InputConfig {
     fn default() -> Self {
         InputConfig {
             group_id: "peergraph-pipeline".into(),
+            format: InputFormat::Peergraph,
+            sensor_id: None,
+            fields: None,
             max_message_bytes: 1 << 20,
             late: LatePolicy::Drop,
             max_batch: 20_000,
@@ -241,6 +255,18 @@ impl Config {
             return Err(ConfigError::Invalid("input.late = \"dead-letter\" needs topics.dead_letter".into()));
         }
         Ok(())
+    }
+
+    /// The adapter that reads the flows topic, as `[input]` configures it.
+    pub fn adapter(&self) -> Result<Adapter, ConfigError> {
+        let mut adapter = Adapter::new(self.input.format);
+        if let Some(id) = &self.input.sensor_id {
+            adapter = adapter.with_sensor_id(id.clone());
+        }
+        if let Some(fields) = &self.input.fields {
+            adapter = adapter.with_fields(fields).map_err(|e| ConfigError::Invalid(format!("input.fields: {e}")))?;
+        }
+        Ok(adapter)
     }
 
     pub fn topology(&self) -> TopologyConfig {

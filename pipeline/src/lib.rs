@@ -8,6 +8,7 @@ pub mod demo;
 pub mod kafka;
 pub mod metrics;
 pub mod run;
+pub mod sensor;
 pub mod simulate;
 
 pub use config::Config;

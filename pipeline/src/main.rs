@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         print: bool,
     },
+    /// Meter packets (a pcap/pcapng file or a live interface) into flows on the flows topic.
+    Sensor(peergraph::sensor::SensorArgs),
     /// Measure `run` against a raw consume of the same simulated topic.
     Bench(peergraph::bench::BenchArgs),
 }
@@ -218,6 +220,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Config { print: _ } => {
             print!("{}", config.to_redacted_toml());
+            Ok(())
+        }
+        Command::Sensor(args) => {
+            let report = peergraph::sensor::run_sensor(&config, args, &stop)?;
+            println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Bench(args) => peergraph::bench::bench(config, args),

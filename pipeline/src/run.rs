@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use differential_dataflow::input::InputSession;
-use peergraph_schemas::codec::{Decoder, Encoder};
-use peergraph_schemas::{Alert, Flow, GraphEdge};
+use peergraph_schemas::codec::Encoder;
+use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::{build, AssetRecord, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
@@ -173,7 +173,7 @@ fn run_worker(
     let peers = worker.peers();
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
-    let mut source = FlowSource::open(config, &client, mine, Decoder::<Flow>::default(), metrics.clone())?;
+    let mut source = FlowSource::open(config, &client, mine, config.adapter()?, metrics.clone())?;
     let stopping = Rc::new(Cell::new(false));
     let sink_error = Rc::new(RefCell::new(None));
     let alert_sink = RecordSink::new(

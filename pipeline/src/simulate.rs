@@ -15,12 +15,11 @@ use peergraph_schemas::flow::{proto, tcp_flag};
 use peergraph_schemas::{ConnState, EndpointMeta, Flow};
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::kafka::{self, client_config};
+use crate::kafka;
+use crate::sensor::publish::FlowPublisher;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -508,14 +507,7 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
     let sim = &config.simulate;
     anyhow::ensure!(!sim.step.is_zero(), "simulate.step must be positive");
     kafka::ensure_topics(&config.kafka, &config.topics)?;
-    let producer: ThreadedProducer<_> = client_config(&config.kafka)
-        .set("linger.ms", "20")
-        .set("batch.num.messages", "10000")
-        .set("compression.type", "lz4")
-        .set("queue.buffering.max.messages", "500000")
-        .create()
-        .context("creating the flow producer")?;
-    let encoder = Encoder::<Flow>::new(sim.format)?;
+    let mut publisher = FlowPublisher::new(&config.kafka, &config.topics.flows, Encoder::<Flow>::new(sim.format)?)?;
     let step_ms = sim.step.as_millis() as i64;
     let now = now_ms();
     let start_ms = sim.start_ms.unwrap_or(if sim.speed > 0.0 { now } else { now - sim.duration.as_millis() as i64 });
@@ -524,7 +516,6 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
     let wall_start = Instant::now();
     let mut report = SimulateReport { start_ms, end_ms, ..SimulateReport::default() };
     let mut round = Vec::new();
-    let mut payload = Vec::new();
     let mut t = start_ms + step_ms;
     tracing::info!(topic = %config.topics.flows, start_ms, end_ms, format = %sim.format, "simulating");
     'rounds: while t <= end_ms && !stop.load(Ordering::Relaxed) {
@@ -542,27 +533,12 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
             if sim.max_flows > 0 && report.flows >= sim.max_flows {
                 break 'rounds;
             }
-            payload.clear();
-            encoder.encode(flow, &mut payload)?;
-            let mut record = BaseRecord::to(&config.topics.flows)
-                .key(flow.src_addr.as_bytes())
-                .payload(&payload)
-                .timestamp(flow.end_ms);
-            loop {
-                match producer.send(record) {
-                    Ok(()) => break,
-                    Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                        record = r;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    Err((e, _)) => return Err(e).context("publishing a flow"),
-                }
-            }
+            publisher.publish(flow)?;
             report.flows += 1;
         }
         t += step_ms;
     }
-    producer.flush(Duration::from_secs(120)).context("flushing the flow producer")?;
+    publisher.flush(Duration::from_secs(120))?;
     report.end_ms = report.end_ms.min(t);
     report.labels = env.labels(report.end_ms);
     if let Some(path) = &sim.labels {

@@ -203,10 +203,8 @@ mod tests {
             // At 2000 the inventory moves the /24 to another asset.
             assets_in.update_at(asset("10.0.4.0/24", "dc-1", Some("domain-controller")), 2000, -1);
             assets_in.update_at(asset("10.0.4.0/24", "dc-2", Some("domain-controller")), 2000, 1);
-            for input in [&mut assets_in] {
-                input.advance_to(3000);
-                input.flush();
-            }
+            assets_in.advance_to(3000);
+            assets_in.flush();
             contacts_in.advance_to(3000);
             contacts_in.flush();
             worker.step_while(|| probe.less_than(&3000));

@@ -133,6 +133,9 @@ pub struct Robust {
     pub mad: i64,
 }
 
+/// `((group, feature), (member, value))`: each member's features, keyed by its group.
+pub type MemberFeatures<'s> = VecCollection<'s, Epoch, ((String, Feature), (String, i64))>;
+
 /// `(entity, feature) → value` for every source entity in the window.
 pub fn entity_features<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
@@ -169,7 +172,7 @@ pub fn entity_features<'s>(
 pub fn member_features<'s>(
     features: VecCollection<'s, Epoch, ((String, Feature), i64)>,
     members: VecCollection<'s, Epoch, (String, String)>,
-) -> VecCollection<'s, Epoch, ((String, Feature), (String, i64))> {
+) -> MemberFeatures<'s> {
     features
         .map(|((entity, feature), value)| (entity, (feature, value)))
         .join(members)
@@ -178,15 +181,13 @@ pub fn member_features<'s>(
 
 /// `((group, feature), moments)`: the exact count, sum and sum of squares over the members.
 pub fn group_moments<'s>(
-    member_features: VecCollection<'s, Epoch, ((String, Feature), (String, i64))>,
+    member_features: MemberFeatures<'s>,
 ) -> VecCollection<'s, Epoch, ((String, Feature), Moments)> {
     member_features.explode(|(key, (_member, value))| Some((key, Moments::of(value)))).count()
 }
 
 /// `((group, feature), median / MAD)` over the members' values.
-pub fn group_robust<'s>(
-    member_features: VecCollection<'s, Epoch, ((String, Feature), (String, i64))>,
-) -> VecCollection<'s, Epoch, ((String, Feature), Robust)> {
+pub fn group_robust<'s>(member_features: MemberFeatures<'s>) -> VecCollection<'s, Epoch, ((String, Feature), Robust)> {
     member_features.map(|(key, (_member, value))| (key, value)).reduce(|_key, input, output| {
         let values: Vec<(i64, isize)> = input.iter().map(|(value, count)| (**value, *count)).collect();
         if let Some(robust) = robust(&values) {

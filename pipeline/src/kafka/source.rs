@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use differential_dataflow::difference::Semigroup;
-use peergraph_schemas::codec::Decoder;
+use peergraph_schemas::adapters::Adapter;
 use peergraph_schemas::Flow;
 use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, TimeConfig, Volume};
 use rdkafka::config::ClientConfig;
@@ -59,7 +59,10 @@ pub struct FlowSource {
 /// Everything but the consumer: what turns one message into an edge update.
 struct Intake {
     topic: String,
-    decoder: Decoder<Flow>,
+    /// Turns a message into flows (the configured input format).
+    adapter: Adapter,
+    /// Reused buffer of one message's flows.
+    decoded: Vec<Flow>,
     resolver: EntityResolver,
     time: TimeConfig,
     late: LatePolicy,
@@ -124,7 +127,7 @@ impl FlowSource {
         config: &Config,
         client: &ClientConfig,
         partitions: Vec<i32>,
-        decoder: Decoder<Flow>,
+        adapter: Adapter,
         metrics: Arc<Metrics>,
     ) -> Result<FlowSource, KafkaError> {
         let topic = config.topics.flows.clone();
@@ -176,7 +179,8 @@ impl FlowSource {
 
         let intake = Intake {
             topic,
-            decoder,
+            adapter,
+            decoded: Vec::new(),
             resolver: EntityResolver::new(&config.entities),
             time: config.time.clone(),
             late: config.input.late,
@@ -331,13 +335,30 @@ impl Intake {
             self.reject(message, "oversized", &reason)?;
             return Ok(None);
         }
-        let flow = match self.decoder.decode(payload) {
-            Ok(flow) => flow,
-            Err(error) => {
-                self.reject(message, error.kind(), &error.to_string())?;
-                return Ok(None);
-            }
-        };
+        let mut flows = std::mem::take(&mut self.decoded);
+        flows.clear();
+        if let Err(error) = self.adapter.decode(payload, &mut flows) {
+            self.decoded = flows;
+            self.reject(message, error.kind(), &error.to_string())?;
+            return Ok(None);
+        }
+        let mut max_epoch = None;
+        for flow in flows.drain(..) {
+            max_epoch = max_epoch.max(self.window_flow(message, flow, floor, batch)?);
+        }
+        self.decoded = flows;
+        Ok(max_epoch)
+    }
+
+    /// Validates, times and windows one decoded flow; returns its epoch if it entered `batch`.
+    fn window_flow(
+        &mut self,
+        message: &BorrowedMessage<'_>,
+        flow: Flow,
+        floor: Epoch,
+        batch: &mut EdgeBatch,
+    ) -> Result<Option<Epoch>, KafkaError> {
+        let partition = message.partition();
         if let Err(invalid) = flow.validate() {
             self.reject(message, invalid.kind(), &invalid.to_string())?;
             return Ok(None);
