@@ -608,49 +608,6 @@ mod tests {
         }
     }
 
-    /// Decode throughput of the fast path and the resolving path, single-threaded. Run in release:
-    /// `cargo test -p peergraph-schemas --release -- --ignored --nocapture decode_throughput`.
-    #[test]
-    #[ignore = "a measurement, not a check; run in release"]
-    fn decode_throughput() {
-        let flows: Vec<Flow> =
-            (0..1_000).map(|i| Flow { src_port: i, bytes_out: i64::from(i) * 1_000, ..fixtures::flow() }).collect();
-        let decoder = &*FLOW_DECODER;
-        let mut old_messages = Vec::new();
-        for flow in &flows {
-            let value = apache_avro::to_value(flow).expect("to_value");
-            let value = match value {
-                Value::Record(fields) => Value::Record(fields.into_iter().take(14).collect()),
-                other => other,
-            };
-            old_messages.push([&[0x00][..], &OLD_ID.to_be_bytes(), &datum_with(&OLD_FLOW_SCHEMA, value)].concat());
-        }
-        let cases = [
-            ("json", flows.iter().map(|f| encode(WireFormat::Json, f)).collect::<Vec<_>>()),
-            ("avro single-object", flows.iter().map(|f| encode(WireFormat::AvroSingleObject, f)).collect()),
-            ("avro-confluent, own schema", flows.iter().map(|f| encode(WireFormat::AvroConfluent, f)).collect()),
-            ("avro-confluent, resolved from an older schema", old_messages),
-        ];
-        for (name, messages) in cases {
-            let bytes: usize = messages.iter().map(Vec::len).sum();
-            let rounds = 50;
-            let start = std::time::Instant::now();
-            for _ in 0..rounds {
-                for message in &messages {
-                    std::hint::black_box(decoder.decode(std::hint::black_box(message)).expect("decode"));
-                }
-            }
-            let seconds = start.elapsed().as_secs_f64();
-            let count = (rounds * messages.len()) as f64;
-            println!(
-                "{name:>48}: {:>9.0} records/s, {:>6.1} MB/s, {:>4} bytes/record",
-                count / seconds,
-                (rounds * bytes) as f64 / seconds / 1e6,
-                bytes / messages.len()
-            );
-        }
-    }
-
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(1_000))]
 
