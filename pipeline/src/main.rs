@@ -129,6 +129,9 @@ struct ConnectArgs {
     /// Stop after no alert arrived for this long, e.g. "30s".
     #[arg(long, value_parser = humantime::parse_duration)]
     idle_exit: Option<Duration>,
+    /// Build every configured sink and run its health check, then exit (non-zero on failure).
+    #[arg(long)]
+    check: bool,
 }
 
 fn main() {
@@ -206,6 +209,21 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             config.connect.console &= !args.no_console;
             config.connect.idle_exit = args.idle_exit.or(config.connect.idle_exit);
             let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            if args.check {
+                let custom = peergraph_connectors::CustomSinks::default();
+                let healthy = runtime
+                    .block_on(peergraph_connectors::check(&config.connect, &custom))
+                    .context("connect --check")?;
+                println!("healthy sinks: {}", healthy.join(", "));
+                return Ok(());
+            }
+            if !config.metrics.listen.is_empty() {
+                let mut registry = prometheus_client::registry::Registry::default();
+                peergraph_connectors::register_metrics(&mut registry);
+                if let Err(error) = peergraph::metrics::serve_registry(&config.metrics.listen, registry) {
+                    tracing::warn!("{error:#}; connect runs without its metrics endpoint");
+                }
+            }
             let client = peergraph::kafka::client_config(&config.kafka);
             let shutdown = async move {
                 while !stop.load(Ordering::Relaxed) {

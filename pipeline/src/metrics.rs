@@ -113,6 +113,11 @@ impl Metrics {
 /// Serves `/metrics` and `/health` on `listen` until the process ends. Runs on its own thread
 /// with a small tokio runtime, so the timely workers are never blocked by it.
 pub fn serve(listen: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
+    serve_registry(listen, metrics.registry())
+}
+
+/// Serves `registry` on `/metrics` (and `/health`) at `listen`.
+pub fn serve_registry(listen: &str, registry: Registry) -> anyhow::Result<()> {
     use axum::routing::get;
     let addr: std::net::SocketAddr =
         listen.parse().map_err(|e| anyhow::anyhow!("metrics.listen {listen:?} is not an address: {e}"))?;
@@ -120,7 +125,7 @@ pub fn serve(listen: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))
         .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
-    let registry = Arc::new(metrics.registry());
+    let registry = Arc::new(registry);
     let app = axum::Router::new()
         .route(
             "/metrics",

@@ -60,3 +60,18 @@ fn a_bad_config_file_is_a_clear_error() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("time.window"), "{stderr}");
 }
+
+#[test]
+fn connect_check_builds_and_checks_every_sink_without_kafka() {
+    let dir = tempfile::tempdir().unwrap();
+    let alerts = dir.path().join("alerts.jsonl");
+    let output = peergraph()
+        .args(["connect", "--check", "--no-console", "--file"])
+        .arg(&alerts)
+        .env("PEERGRAPH__METRICS__LISTEN", "")
+        .output()
+        .expect("run peergraph connect --check");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("healthy sinks: file"), "{stdout}");
+}
