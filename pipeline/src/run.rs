@@ -120,7 +120,12 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     );
     let guards = timely::execute(timely_config, move |worker| {
         let (config, partitions, metrics, shutdown) = &*shared;
-        run_worker(worker, config, *partitions, metrics.clone(), shutdown).map_err(|e| format!("{e:#}"))
+        run_worker(worker, config, *partitions, metrics.clone(), shutdown).map_err(|e| {
+            // A timely cluster is a gang: the other workers of this process stop too, instead of
+            // waiting forever for this one's progress.
+            shutdown.store(true, Ordering::Relaxed);
+            format!("{e:#}")
+        })
     })
     .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;
     let mut total = RunReport::default();

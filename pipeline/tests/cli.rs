@@ -23,9 +23,13 @@ fn demo_shows_the_swapped_replica_alert() {
         stdout.lines().find(|l| l.starts_with("RAISED")).unwrap_or_else(|| panic!("no alert shown:\n{stdout}"));
     assert!(raised.contains("peer_unique_destination") && raised.contains("ext:203.0.113.66"), "{raised}");
     let written = std::fs::read_to_string(&alerts).unwrap();
-    let first: serde_json::Value = serde_json::from_str(written.lines().next().expect("an alert in the file")).unwrap();
-    assert_eq!(first["event"], "raised");
-    assert_eq!(first["peer_group"], "workload:shop/Deployment/web");
+    let swapped: serde_json::Value = written
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|a| a["detector"] == "peer_unique_destination")
+        .expect("the swapped-replica alert in the file");
+    assert_eq!(swapped["event"], "raised");
+    assert_eq!(swapped["peer_group"], "workload:shop/Deployment/web");
 }
 
 #[test]
