@@ -71,14 +71,15 @@ fn main() {
         let peers = worker.peers();
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
         let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
+        // The reference inputs stay empty; they are closed so they hold no time back.
         let (mut contacts, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
             let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
-            let (_assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
-            let (_indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
-            let (_history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
+            let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
+            let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
+            let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
             let outputs = build(&config2, Inputs { contacts, assets, indicators, history });
             let (probe, _) = outputs.alerts.probe();
-            std::mem::forget((_assets_in, _indicators_in, _history_in));
+            drop((assets_in, indicators_in, history_in));
             (contacts_in, probe)
         });
 
@@ -161,12 +162,12 @@ fn main() {
             let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
             let (mut contacts, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
                 let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
-                let (_a, assets) = scope.new_collection::<AssetRecord, isize>();
-                let (_i, indicators) = scope.new_collection::<Indicator, isize>();
-                let (_h, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
+                let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
+                let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
+                let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
                 let outputs = build(&config3, Inputs { contacts, assets, indicators, history });
                 let (probe, _) = outputs.alerts.probe();
-                std::mem::forget((_a, _i, _h));
+                drop((assets_in, indicators_in, history_in));
                 (contacts_in, probe)
             });
             // The churn phase's window (about 45 % of the edges live), given at once.
