@@ -10,13 +10,14 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use differential_dataflow::input::Input;
+use differential_dataflow::input::{Input, InputSession};
 use peergraph_topology::{
     build, AssetRecord, Edge, Endpoint, Epoch, Indicator, Inputs, TopologyConfig, Volume, WorkloadEdge,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use timely::dataflow::operators::Probe;
+use timely::dataflow::ProbeHandle;
 
 const TICK: u64 = 1_000;
 const WINDOW_TICKS: u64 = 60;
@@ -34,6 +35,24 @@ fn edge_number(i: usize) -> Edge {
         dst_port: 443 + (i % 7) as u16,
         protocol: 6,
     }
+}
+
+/// The whole topology on this worker, fed contacts only: the reference inputs stay empty and are
+/// closed at once so they hold no time back.
+fn install(
+    worker: &mut timely::worker::Worker,
+    config: &TopologyConfig,
+) -> (InputSession<Epoch, (Edge, Epoch), Volume>, ProbeHandle<Epoch>) {
+    worker.dataflow::<Epoch, _, _>(|scope| {
+        let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
+        let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
+        let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
+        let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
+        let outputs = build(config, Inputs { contacts, assets, indicators, history });
+        let (probe, _) = outputs.alerts.probe();
+        drop((assets_in, indicators_in, history_in));
+        (contacts_in, probe)
+    })
 }
 
 fn rss_bytes() -> u64 {
@@ -71,17 +90,7 @@ fn main() {
         let peers = worker.peers();
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
         let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
-        // The reference inputs stay empty; they are closed so they hold no time back.
-        let (mut contacts, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-            let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
-            let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
-            let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
-            let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-            let outputs = build(&config2, Inputs { contacts, assets, indicators, history });
-            let (probe, _) = outputs.alerts.probe();
-            drop((assets_in, indicators_in, history_in));
-            (contacts_in, probe)
-        });
+        let (mut contacts, probe) = install(worker, &config2);
 
         // Load: `ticks` ticks, each edge active with probability 1/4, 1..8 flows when active.
         let started = Instant::now();
@@ -160,16 +169,7 @@ fn main() {
             let peers = worker.peers();
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + index as u64);
             let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
-            let (mut contacts, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
-                let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
-                let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
-                let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
-                let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-                let outputs = build(&config3, Inputs { contacts, assets, indicators, history });
-                let (probe, _) = outputs.alerts.probe();
-                drop((assets_in, indicators_in, history_in));
-                (contacts_in, probe)
-            });
+            let (mut contacts, probe) = install(worker, &config3);
             // The churn phase's window (about 45 % of the edges live), given at once.
             let end = (ticks + 2 * WINDOW_TICKS) * TICK;
             for _tick in 0..WINDOW_TICKS {

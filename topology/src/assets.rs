@@ -6,6 +6,7 @@
 
 use std::net::IpAddr;
 
+use differential_dataflow::difference::Multiply;
 use differential_dataflow::VecCollection;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -77,33 +78,39 @@ pub fn asset_matches<'s>(
         })
 }
 
+/// Renames one end of every record: where `key(record)` is in `names`, `set` puts the new name in;
+/// other records pass unchanged (an outer join: join plus antijoin).
+fn rename_end<'s, D, N, R>(
+    records: VecCollection<'s, Epoch, D, R>,
+    names: VecCollection<'s, Epoch, (String, N)>,
+    key: fn(&D) -> String,
+    set: fn(&mut D, N),
+) -> VecCollection<'s, Epoch, D, R>
+where
+    D: differential_dataflow::ExchangeData,
+    N: differential_dataflow::ExchangeData,
+    R: differential_dataflow::ExchangeData + differential_dataflow::difference::Abelian + Multiply<isize, Output = R>,
+{
+    let matched = names.clone().map(|(name, _)| name);
+    let keyed = records.map(move |record| (key(&record), record));
+    keyed
+        .clone()
+        .join(names)
+        .map(move |(_, (mut record, name))| {
+            set(&mut record, name);
+            record
+        })
+        .concat(keyed.antijoin(matched).map(|(_, record)| record))
+}
+
 /// The contacts with every endpoint that matched an asset replaced by the asset's endpoint.
 pub fn resolve_assets<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
     matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, (Edge, Epoch), Volume> {
     let endpoints = matches.map(|(entity, asset)| (entity, asset.endpoint()));
-    let matched = endpoints.clone().map(|(entity, _)| entity);
-
-    let by_src = contacts.map(|(edge, epoch)| (edge.src.entity.clone(), (edge, epoch)));
-    let src_resolved = by_src
-        .clone()
-        .join(endpoints.clone())
-        .map(|(_, ((mut edge, epoch), endpoint))| {
-            edge.src = endpoint;
-            (edge, epoch)
-        })
-        .concat(by_src.antijoin(matched.clone()).map(|(_, contact)| contact));
-
-    let by_dst = src_resolved.map(|(edge, epoch)| (edge.dst.entity.clone(), (edge, epoch)));
-    by_dst
-        .clone()
-        .join(endpoints)
-        .map(|(_, ((mut edge, epoch), endpoint))| {
-            edge.dst = endpoint;
-            (edge, epoch)
-        })
-        .concat(by_dst.antijoin(matched).map(|(_, contact)| contact))
+    let src = rename_end(contacts, endpoints.clone(), |(edge, _)| edge.src.entity.clone(), |(edge, _), e| edge.src = e);
+    rename_end(src, endpoints, |(edge, _)| edge.dst.entity.clone(), |(edge, _), e| edge.dst = e)
 }
 
 /// The long-horizon history with its address-based nodes renamed as the current window's contacts
@@ -114,25 +121,8 @@ pub fn resolve_history<'s>(
     matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, (WorkloadEdge, Epoch)> {
     let nodes = matches.map(|(entity, asset)| (entity, asset.endpoint().node().to_owned()));
-    let matched = nodes.clone().map(|(entity, _)| entity);
-    let by_src = history.map(|(edge, epoch)| (edge.src.clone(), (edge, epoch)));
-    let src_resolved = by_src
-        .clone()
-        .join(nodes.clone())
-        .map(|(_, ((mut edge, epoch), node))| {
-            edge.src = node;
-            (edge, epoch)
-        })
-        .concat(by_src.antijoin(matched.clone()).map(|(_, entry)| entry));
-    let by_dst = src_resolved.map(|(edge, epoch)| (edge.dst.clone(), (edge, epoch)));
-    by_dst
-        .clone()
-        .join(nodes)
-        .map(|(_, ((mut edge, epoch), node))| {
-            edge.dst = node;
-            (edge, epoch)
-        })
-        .concat(by_dst.antijoin(matched).map(|(_, entry)| entry))
+    let src = rename_end(history, nodes.clone(), |(edge, _)| edge.src.clone(), |(edge, _), n| edge.src = n);
+    rename_end(src, nodes, |(edge, _)| edge.dst.clone(), |(edge, _), n| edge.dst = n)
 }
 
 /// Findings about assets, with their score raised (or lowered) by the asset's criticality: ten
