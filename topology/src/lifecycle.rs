@@ -43,6 +43,10 @@ pub struct LifecycleConfig {
     /// the latest evidence is sent when the interval has passed (e.g. "1m").
     #[serde(with = "humantime_serde")]
     pub min_update_interval: Duration,
+    /// The earliest epoch a previous run of the pipeline observed, restored on restart so the
+    /// learning period is not started again. Set by the pipeline, not by configuration.
+    #[serde(skip)]
+    pub observed_since: Option<Epoch>,
 }
 
 impl Default for LifecycleConfig {
@@ -52,6 +56,7 @@ impl Default for LifecycleConfig {
             min_duration: Duration::ZERO,
             clear_after: Duration::ZERO,
             min_update_interval: Duration::from_secs(60),
+            observed_since: None,
         }
     }
 }
@@ -63,6 +68,8 @@ pub struct Timings {
     pub min_duration: u64,
     pub clear_after: u64,
     pub min_update_interval: u64,
+    /// Observation start restored from a previous run (see [`LifecycleConfig::observed_since`]).
+    pub observed_since: Option<Epoch>,
 }
 
 impl Timings {
@@ -73,6 +80,7 @@ impl Timings {
             min_duration: ms(config.min_duration),
             clear_after: ms(config.clear_after),
             min_update_interval: ms(config.min_update_interval),
+            observed_since: config.observed_since,
         }
     }
 }
@@ -151,7 +159,7 @@ pub fn alert_lifecycle<'s>(
             // A capability for every epoch some alert is due to be looked at again.
             let mut timers: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
             let mut state = Lifecycle { timings, ..Lifecycle::default() };
-            let mut observed_from: Option<Epoch> = None;
+            let mut observed_from: Option<Epoch> = timings.observed_since;
             move |(input, frontier), (starts, starts_frontier), output| {
                 input.for_each(|cap, updates| {
                     for (finding, time, diff) in updates.drain(..) {

@@ -46,7 +46,7 @@ impl ProducerContext for DeliveryWatch {
 pub trait Output: Record {
     /// The Kafka message key.
     fn key(&self) -> String;
-    /// The message timestamp (event time, ms).
+    /// The message timestamp: the event time (ms) of the epoch that produced the record.
     fn event_time_ms(&self) -> i64;
     /// Counts one produced record.
     fn count(&self, metrics: &Metrics);
@@ -88,6 +88,9 @@ pub struct RecordSink<T: Output> {
     pub stopping: Rc<Cell<bool>>,
     /// The first error the sink met; the worker loop stops on it.
     pub error: Rc<RefCell<Option<KafkaError>>>,
+    /// After a restart: records for epochs below this were produced before it, and the replay
+    /// that recomputes them does not produce them again.
+    pub resume_at: Epoch,
 }
 
 impl<T: Output> RecordSink<T> {
@@ -109,7 +112,7 @@ impl<T: Output> RecordSink<T> {
             .set("linger.ms", "5")
             .create_with_context(context)
             .map_err(|source| KafkaError::Client { context: format!("creating the producer for {topic}"), source })?;
-        Ok(RecordSink { producer, failed, topic: topic.to_owned(), encoder, metrics, stopping, error })
+        Ok(RecordSink { producer, failed, topic: topic.to_owned(), encoder, metrics, stopping, error, resume_at: 0 })
     }
 
     fn produce(&self, output: &T, buffer: &mut Vec<u8>) -> Result<(), KafkaError> {
@@ -162,6 +165,11 @@ pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSi
                     return;
                 }
                 for record in batch.drain(..) {
+                    // Each record carries the epoch that produced it as its event time.
+                    if (record.event_time_ms().max(0) as Epoch) < sink.resume_at {
+                        sink.metrics.outputs_suppressed.inc();
+                        continue;
+                    }
                     match sink.produce(&record, &mut buffer) {
                         Ok(()) => {
                             produced += 1;
