@@ -14,7 +14,9 @@ use anyhow::Context;
 use differential_dataflow::input::InputSession;
 use peergraph_schemas::codec::Encoder;
 use peergraph_schemas::{Alert, GraphEdge};
-use peergraph_topology::{build, AssetRecord, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
+use peergraph_topology::{
+    build, AssetRecord, Edge, Epoch, Indicator, Inputs, ResumedAlerts, TimeConfig, Volume, WorkloadEdge,
+};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
 use timely::communication::Config as CommunicationConfig;
@@ -28,7 +30,7 @@ use crate::config::Config;
 use crate::kafka::output::{produce, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
 use crate::kafka::source::{EdgeBatch, FlowSource};
-use crate::kafka::state::{self, HistoryEntry, HistoryStore};
+use crate::kafka::state::{self, HistoryEntry, HistoryStore, Restored};
 use crate::kafka::{self, client_config};
 use crate::metrics::Metrics;
 
@@ -205,12 +207,13 @@ fn run_worker(
     let client = client_config(&config.kafka);
     let mut source = FlowSource::open(config, &client, mine, partitions, peers, config.adapter()?, metrics.clone())?;
     let resume = source.resume();
-    // The history a previous run persisted, this worker's share, read before any flow.
+    // What a previous run persisted (this worker's share of the history, the open alerts), read
+    // before any flow.
     let (restored, mut history_store) = if config.topics.state.is_empty() {
-        (Vec::new(), None)
+        (Restored::default(), None)
     } else {
         let topic = &config.topics.state;
-        let restored = state::load_history(&config.kafka, &client, topic, index, peers, &metrics)?;
+        let restored = state::load(&config.kafka, &client, topic, index, peers, &metrics)?;
         let store = HistoryStore::new(&client, topic, config.time.history_ttl_ms(), metrics.clone())?;
         (restored, Some(store))
     };
@@ -225,6 +228,7 @@ fn run_worker(
         sink_error.clone(),
     )?;
     alert_sink.resume_at = resume.resume_at;
+    alert_sink.state_topic = config.topics.state.clone();
     let graph_sink = if config.topics.service_graph.is_empty() {
         None
     } else {
@@ -246,6 +250,10 @@ fn run_worker(
 
     let mut topology = config.topology();
     topology.lifecycle.observed_since = resume.observed_since;
+    if resume.resume_at > 0 && !config.topics.state.is_empty() {
+        let open = Arc::new(restored.open_alerts);
+        topology.lifecycle.resumed = Some(ResumedAlerts { at: resume.resume_at, open });
+    }
     let dataflow_index = worker.next_dataflow_index();
     let (mut feeds, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
@@ -284,11 +292,11 @@ fn run_worker(
         (feeds, announce_in, probe)
     });
 
-    feeds.restore(&restored, &config.time);
+    feeds.restore(&restored.history, &config.time);
     if let Some(store) = history_store.as_mut() {
-        restored.iter().for_each(|entry| store.adopt_loaded(entry));
+        restored.history.iter().for_each(|entry| store.adopt_loaded(entry));
     }
-    drop(restored);
+    drop(restored.history);
     let started = Instant::now();
     let mut replaying = resume.resume_at > 0;
 

@@ -6,6 +6,7 @@
 //! (hysteresis) and a minimum interval between updates.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
@@ -47,7 +48,31 @@ pub struct LifecycleConfig {
     /// learning period is not started again. Set by the pipeline, not by configuration.
     #[serde(skip)]
     pub observed_since: Option<Epoch>,
+    /// After a restart: what was announced before it. Set by the pipeline, not by configuration.
+    #[serde(skip)]
+    pub resumed: Option<ResumedAlerts>,
 }
+
+/// What a restarted pipeline knows of the alerts it announced before the restart: from epoch
+/// `at` on it emits again, and `open` holds the last event of every alert not cleared then. The
+/// replay before `at` rebuilds the lifecycle's state silently, but it cannot know when an old
+/// alert was last announced or with what evidence; at `at` the lifecycle takes that from here,
+/// so its next update, clear or raise is the one a run without the restart would have emitted.
+#[derive(Clone, Debug, Default)]
+pub struct ResumedAlerts {
+    pub at: Epoch,
+    /// By alert id.
+    pub open: Arc<BTreeMap<String, Alert>>,
+}
+
+impl PartialEq for ResumedAlerts {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.open == other.open
+    }
+}
+
+// Alert scores are finite.
+impl Eq for ResumedAlerts {}
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
@@ -57,6 +82,7 @@ impl Default for LifecycleConfig {
             clear_after: Duration::ZERO,
             min_update_interval: Duration::from_secs(60),
             observed_since: None,
+            resumed: None,
         }
     }
 }
@@ -147,7 +173,10 @@ pub fn alert_lifecycle<'s>(
     findings: VecCollection<'s, Epoch, Finding>,
     observed: Stream<'s, Epoch, Vec<Epoch>>,
     timings: Timings,
+    resumed: Option<ResumedAlerts>,
 ) -> Stream<'s, Epoch, Vec<Alert>> {
+    let (worker, workers) = (findings.scope().index(), findings.scope().peers());
+    let mut resumed = resumed;
     let route = Exchange::new(|update: &(Finding, Epoch, isize)| route_of(&update.0.alert_id));
     findings.inner.binary_frontier::<_, CapacityContainerBuilder<Vec<Alert>>, _, _, _, _>(
         observed,
@@ -185,6 +214,10 @@ pub fn alert_lifecycle<'s>(
                     if !closed(&time) {
                         break;
                     }
+                    if let Some(resumed) = resumed.take_if(|r| time >= r.at) {
+                        let mine = |id: &str| route_of(id) % workers as u64 == worker as u64;
+                        state.resume(&resumed, time, mine);
+                    }
                     let mut events = Vec::new();
                     let mut caps = Vec::new();
                     if next_data == Some(time) {
@@ -212,6 +245,43 @@ pub fn alert_lifecycle<'s>(
 impl Lifecycle {
     fn schedule(&mut self, at: Epoch, alert_id: &str) {
         self.due.entry(at).or_default().insert(alert_id.to_owned());
+    }
+
+    /// Takes what was announced before a restart (see [`ResumedAlerts`]) over what the replay
+    /// believes it announced, for the alerts this worker owns (`mine`), before epoch `time`.
+    fn resume(&mut self, resumed: &ResumedAlerts, time: Epoch, mine: impl Fn(&str) -> bool) {
+        for (id, alert) in self.alerts.iter_mut() {
+            match resumed.open.get(id) {
+                Some(said) => {
+                    // The finding as announced: the current one if it says the same, else one
+                    // rebuilt from the alert (which differs from every current finding).
+                    let at = said.event_time_ms.max(0) as Epoch;
+                    let same = |f: &&Finding| {
+                        to_alert(f, said.event, said.first_seen_ms as Epoch, said.last_seen_ms as Epoch, at) == *said
+                    };
+                    let finding = alert.current().filter(same).cloned().unwrap_or_else(|| finding_of(said));
+                    alert.announced = Some((finding, at));
+                    alert.first_seen = said.first_seen_ms.max(0) as Epoch;
+                }
+                // Not announced before the restart (or already cleared): only the replay raised it.
+                None => alert.announced = None,
+            }
+            self.due.entry(time).or_default().insert(id.clone());
+        }
+        let gone: Vec<(&String, &Alert)> =
+            resumed.open.iter().filter(|(id, _)| mine(id) && !self.alerts.contains_key(*id)).collect();
+        for (id, said) in gone {
+            // Open before the restart, but its finding is gone: it is cleared (after `clear_after`).
+            let state = AlertState {
+                findings: BTreeMap::new(),
+                first_seen: said.first_seen_ms.max(0) as Epoch,
+                last_seen: said.last_seen_ms.max(0) as Epoch,
+                announced: Some((finding_of(said), said.event_time_ms.max(0) as Epoch)),
+                gone_since: Some(time),
+            };
+            self.alerts.insert(id.clone(), state);
+            self.due.entry(time).or_default().insert(id.clone());
+        }
     }
 
     /// When a raise may be emitted for a finding that appeared at `time`.
@@ -316,6 +386,21 @@ impl Lifecycle {
                 self.alerts.remove(id);
             }
         }
+    }
+}
+
+/// The finding an alert event announced, as far as the event tells (the key is not in it).
+fn finding_of(alert: &Alert) -> Finding {
+    Finding {
+        alert_id: alert.alert_id.clone(),
+        detector: alert.detector.clone(),
+        entity: alert.entity.clone(),
+        key: String::new(),
+        peer_group: alert.peer_group.clone(),
+        score: alert.score.clamp(0.0, 100.0) as u8,
+        summary: alert.summary.clone(),
+        evidence: alert.evidence.clone().into_iter().collect(),
+        techniques: alert.techniques.clone(),
     }
 }
 

@@ -428,7 +428,8 @@ impl FlowSource {
         let moved = match self.last_checkpoint {
             None => true,
             Some((at, when)) => {
-                at != resume_at && (matches!(mode, CommitMode::Sync) || now.duration_since(when) >= Duration::from_secs(1))
+                at != resume_at
+                    && (matches!(mode, CommitMode::Sync) || now.duration_since(when) >= Duration::from_secs(1))
             }
         };
         if offsets.is_empty() && !moved {

@@ -1,13 +1,15 @@
-//! What a restart needs, kept on Kafka: the long-horizon history of workload edges in the
-//! compacted state topic (one record per (workload edge, coarse epoch), a tombstone when its time
-//! to live runs out), and a [`Checkpoint`] stored as the metadata of every committed flow offset
-//! (where to replay from, the partition's watermark there, and where emission resumes).
+//! What a restart needs, kept on Kafka. The compacted state topic holds the long-horizon history
+//! of workload edges (one record per (workload edge, coarse epoch), a tombstone when its time to
+//! live runs out) and the last event of every open alert (a tombstone when it is cleared). A
+//! [`Checkpoint`] is stored as the metadata of every committed flow offset: where to replay
+//! from, the partition's watermark there, and where emission resumes.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use peergraph_schemas::{Alert, AlertEvent};
 use peergraph_topology::{Epoch, WorkloadEdge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -22,18 +24,41 @@ use crate::config::KafkaConfig;
 use crate::metrics::Metrics;
 
 /// One sighting in the long-horizon history: `edge` was seen in the coarse tick ending at
-/// `coarse`. It is the state topic's record value; its JSON is also the record key, so
-/// compaction keeps one record per sighting and its tombstone removes exactly it.
+/// `coarse`. Its state-topic key is [`SIGHTING_PREFIX`] and its JSON, so compaction keeps one
+/// record per sighting and its tombstone removes exactly it; the value is the JSON.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct HistoryEntry {
     pub edge: WorkloadEdge,
     pub coarse: Epoch,
 }
 
+/// State-topic key prefix of history sightings.
+pub const SIGHTING_PREFIX: &str = "sighting ";
+/// State-topic key prefix of open alerts (followed by the alert id; the value is the alert's
+/// last event as JSON).
+pub const ALERT_PREFIX: &str = "alert ";
+
 impl HistoryEntry {
     fn key(&self) -> String {
-        serde_json::to_string(self).expect("a history entry serializes")
+        format!("{SIGHTING_PREFIX}{}", serde_json::to_string(self).expect("a history entry serializes"))
     }
+}
+
+/// The state-topic record that keeps `alert` as the last event of its alert: its JSON, or a
+/// tombstone (`None`) once the alert is cleared.
+pub fn open_alert_record(alert: &Alert) -> (String, Option<Vec<u8>>) {
+    let key = format!("{ALERT_PREFIX}{}", alert.alert_id);
+    let value = (alert.event != AlertEvent::Cleared).then(|| serde_json::to_vec(alert).expect("an alert serializes"));
+    (key, value)
+}
+
+/// What a worker reads back from the state topic at start.
+#[derive(Debug, Default)]
+pub struct Restored {
+    /// This worker's share of the history (the sightings on its partitions of the state topic).
+    pub history: Vec<HistoryEntry>,
+    /// Every alert open before the restart, by id, as last announced.
+    pub open_alerts: BTreeMap<String, Alert>,
 }
 
 /// What a worker stores with each committed offset of a flow partition (as the commit's
@@ -156,7 +181,8 @@ impl HistoryStore {
     /// Persists a sighting this worker just put into the history.
     pub fn remember(&mut self, entry: &HistoryEntry) -> Result<(), KafkaError> {
         let key = entry.key();
-        self.send(&key, Some(key.as_bytes()))?;
+        let value = serde_json::to_vec(entry).expect("a history entry serializes");
+        self.send(&key, Some(&value))?;
         self.metrics.state_records_written.inc();
         self.adopt(entry, key);
         Ok(())
@@ -224,17 +250,17 @@ impl HistoryStore {
     }
 }
 
-/// Reads this worker's share of the state topic (partitions `p % workers == worker`) from the
-/// beginning to its end as of now, and returns the live sightings: the latest record of every
-/// key that no tombstone removed.
-pub fn load_history(
+/// Reads the state topic from the beginning to its end as of now and returns what is live (the
+/// latest record of every key that no tombstone removed): the sightings of this worker's share
+/// of the partitions (`p % workers == worker`) and every open alert.
+pub fn load(
     kafka: &KafkaConfig,
     client: &ClientConfig,
     topic: &str,
     worker: usize,
     workers: usize,
     metrics: &Metrics,
-) -> Result<Vec<HistoryEntry>, KafkaError> {
+) -> Result<Restored, KafkaError> {
     let partitions = super::partition_count(kafka, topic)?;
     let consumer: BaseConsumer = client
         .clone()
@@ -245,7 +271,7 @@ pub fn load_history(
     let timeout = Duration::from_secs(10);
     let mut assignment = TopicPartitionList::new();
     let mut ends = HashMap::new();
-    for p in (0..partitions).filter(|p| *p as usize % workers == worker) {
+    for p in 0..partitions {
         let (low, high) = super::retry_transient(kafka, "reading state topic watermarks", || {
             consumer.fetch_watermarks(topic, p, timeout)
         })?;
@@ -257,7 +283,8 @@ pub fn load_history(
         }
     }
     let started = Instant::now();
-    let mut live: HashMap<Vec<u8>, HistoryEntry> = HashMap::new();
+    let mut sightings: HashMap<Vec<u8>, HistoryEntry> = HashMap::new();
+    let mut open_alerts: BTreeMap<String, Alert> = BTreeMap::new();
     let mut read = 0u64;
     if !ends.is_empty() {
         consumer
@@ -278,26 +305,46 @@ pub fn load_history(
             }
         };
         read += 1;
-        let key = message.key().map(<[u8]>::to_vec).unwrap_or_default();
-        match message.payload().map(serde_json::from_slice::<HistoryEntry>) {
-            None => {
-                live.remove(&key);
+        let partition = message.partition();
+        let key = message.key().unwrap_or_default();
+        let unreadable = |error: serde_json::Error| tracing::warn!(%error, topic, partition, offset = message.offset(), "skipped an unreadable state record");
+        if let Some(id) = key.strip_prefix(ALERT_PREFIX.as_bytes()) {
+            let id = String::from_utf8_lossy(id).into_owned();
+            match message.payload().map(serde_json::from_slice::<Alert>) {
+                None => {
+                    open_alerts.remove(&id);
+                }
+                Some(Ok(alert)) => {
+                    open_alerts.insert(id, alert);
+                }
+                Some(Err(error)) => unreadable(error),
             }
-            Some(Ok(entry)) => {
-                live.insert(key, entry);
-            }
-            Some(Err(error)) => {
-                tracing::warn!(%error, topic, offset = message.offset(), "skipped an unreadable state record")
+        } else if key.starts_with(SIGHTING_PREFIX.as_bytes()) && partition as usize % workers == worker {
+            match message.payload().map(serde_json::from_slice::<HistoryEntry>) {
+                None => {
+                    sightings.remove(key);
+                }
+                Some(Ok(entry)) => {
+                    sightings.insert(key.to_vec(), entry);
+                }
+                Some(Err(error)) => unreadable(error),
             }
         }
-        let partition = message.partition();
         if ends.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
             ends.remove(&partition);
         }
     }
     metrics.state_records_loaded.inc_by(read);
-    tracing::info!(topic, worker, records = read, sightings = live.len(), took = ?started.elapsed(), "loaded the history");
-    Ok(live.into_values().collect())
+    tracing::info!(
+        topic,
+        worker,
+        records = read,
+        sightings = sightings.len(),
+        open_alerts = open_alerts.len(),
+        took = ?started.elapsed(),
+        "loaded the pipeline state"
+    );
+    Ok(Restored { history: sightings.into_values().collect(), open_alerts })
 }
 
 #[cfg(test)]
