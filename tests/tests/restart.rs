@@ -139,7 +139,8 @@ fn a_restarted_pipeline_emits_exactly_what_one_run_emits() {
     peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
 
     append(&config, &flows, &first);
-    let (before, _) = run(&config);
+    let (before, before_metrics) = run(&config);
+    assert_eq!(before_metrics.rejected("late"), 0);
     assert_eq!(before.resumed_at, 0, "a first start has nothing to resume");
     append(&config, &flows, &rest);
     let (after, metrics) = run(&config);
@@ -147,9 +148,20 @@ fn a_restarted_pipeline_emits_exactly_what_one_run_emits() {
     assert!(metrics.replayed_messages.get() > 0, "the window was replayed");
     assert!(metrics.outputs_suppressed.get() > 0, "the replay recomputed output that was not produced again");
     assert_eq!(before.messages + after.messages - metrics.replayed_messages.get(), simulated.flows);
+    assert!(metrics.replayed_messages.get() < first.len() as u64 / 2, "the replay is about one window, not everything");
+    eprintln!(
+        "restart: {} of {} flows replayed, {} outputs suppressed, {} state records loaded, replay took {} ms",
+        metrics.replayed_messages.get(),
+        first.len(),
+        metrics.outputs_suppressed.get(),
+        metrics.state_records_loaded.get(),
+        metrics.restart_replay_ms.get()
+    );
 
     let reference = reference_of(&config);
-    let (whole, _) = run(&reference);
+    let (whole, whole_metrics) = run(&reference);
+    // The runs compared read the same flows: none was dropped as late by one and not the other.
+    assert_eq!((whole_metrics.rejected("late"), metrics.rejected("late")), (0, 0));
     assert_eq!(whole.messages, simulated.flows);
 
     let restarted: Vec<Alert> = peergraph_tests::read_topic(&config, &config.topics.alerts);

@@ -61,6 +61,13 @@ impl PartitionClock {
         self.end_offset.is_some_and(|end| self.next_offset >= end)
     }
 
+    /// Whether records are known to be waiting on the partition (a replay below the committed
+    /// position, or, with `stop_at_end`, anything below the end offset): such a partition is
+    /// slow to be read, not idle, and keeps holding the frontier back.
+    fn waiting(&self) -> bool {
+        self.next_offset < self.committed || self.end_offset.is_some_and(|end| self.next_offset < end)
+    }
+
     /// The checkpoint to commit with the partition's position: segments whose accepted records
     /// all lie at or before `threshold` (and that are committed) are no longer needed, and the
     /// replay starts at the oldest one that is.
@@ -371,8 +378,9 @@ impl FlowSource {
     }
 
     /// This worker's event-time frontier: the least watermark over its partitions that still hold
-    /// it back. Idle partitions (no message for `idle_timeout`) and, with `stop_at_end`, finished
-    /// ones do not; when none does, the worker follows the furthest of its own partitions and of
+    /// it back. Idle partitions (no message for `idle_timeout`, and none known to be waiting: a
+    /// busy worker must not make a partition it has not read yet look idle, or a replay would
+    /// decide lateness differently) and, with `stop_at_end`, finished ones do not; when none does, the worker follows the furthest of its own partitions and of
     /// the watermarks other workers announced.
     pub fn watermark(&self, now: Instant, announced: Epoch) -> Epoch {
         let lateness = self.intake.time.lateness_ms();
@@ -381,7 +389,7 @@ impl FlowSource {
             .intake
             .partitions
             .values()
-            .filter(|c| !c.finished() && now.duration_since(c.last_message) < self.intake.idle_timeout)
+            .filter(|c| !c.finished() && (c.waiting() || now.duration_since(c.last_message) < self.intake.idle_timeout))
             .map(mark)
             .min();
         match holding {
