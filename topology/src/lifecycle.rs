@@ -468,6 +468,55 @@ mod tests {
         events.iter().map(|e| e.event).collect()
     }
 
+    /// The events a lifecycle emits from `resumed.at` on, after replaying `replay` silently.
+    fn after_resume(
+        timings: Timings,
+        replay: Vec<(Epoch, Vec<(Finding, isize)>)>,
+        resumed: &ResumedAlerts,
+        then: Vec<(Epoch, Vec<(Finding, isize)>)>,
+    ) -> Vec<Alert> {
+        let mut state = lifecycle(timings);
+        for (time, updates) in replay {
+            step(&mut state, time, updates);
+        }
+        state.resume(resumed, resumed.at, |_| true);
+        let mut events = tick(&mut state, resumed.at);
+        for (time, updates) in then {
+            events.extend(step(&mut state, time, updates));
+            events.extend(tick(&mut state, time));
+        }
+        events
+    }
+
+    #[test]
+    fn after_a_restart_the_lifecycle_continues_from_what_was_announced() {
+        let timings = Timings { min_update_interval: 10_000, ..Timings::default() };
+        let (old, new) = (finding("a", "x", 60), finding("a", "x", 65));
+        // Before the restart: raised at 1000 with `old`, never updated. The replay starts later and
+        // sees `new` from 20000: it would raise (silently) at 20000 and update only from 30000.
+        let announced = to_alert(&old, AlertEvent::Raised, 1000, 1000, 1000);
+        let open = Arc::new(BTreeMap::from([(old.alert_id.clone(), announced)]));
+        let resumed = ResumedAlerts { at: 25_000, open };
+        let replay = vec![(20_000, vec![(new.clone(), 1)])];
+        let events = after_resume(timings, replay.clone(), &resumed, vec![]);
+        assert_eq!(kinds(&events), vec![AlertEvent::Updated], "the update was due since 11000: {events:?}");
+        assert_eq!((events[0].event_time_ms, events[0].first_seen_ms, events[0].score), (25_000, 1000, 65.0));
+
+        // What was announced is what the replay found: nothing to say.
+        let same = to_alert(&new, AlertEvent::Updated, 1000, 19_000, 19_000);
+        let resumed_same = ResumedAlerts { at: 25_000, open: Arc::new(BTreeMap::from([(new.alert_id.clone(), same)])) };
+        assert!(after_resume(timings, replay.clone(), &resumed_same, vec![]).is_empty());
+
+        // Not announced before the restart: the replay's silent raise is not taken for one.
+        let nothing = ResumedAlerts { at: 25_000, open: Arc::default() };
+        assert_eq!(kinds(&after_resume(timings, replay, &nothing, vec![])), vec![AlertEvent::Raised]);
+
+        // Open before the restart, its finding gone during it: cleared, with what was announced.
+        let events = after_resume(timings, vec![], &resumed, vec![]);
+        assert_eq!(kinds(&events), vec![AlertEvent::Cleared]);
+        assert_eq!((events[0].score, events[0].first_seen_ms), (60.0, 1000));
+    }
+
     #[test]
     fn a_finding_raises_updates_and_clears_its_alert() {
         let mut state = lifecycle(Timings::default());
