@@ -303,7 +303,9 @@ fn an_edge_learned_before_a_restart_is_not_new_after_it() {
     config.time.window = Duration::from_secs(10);
     config.time.allowed_lateness = Duration::from_secs(1);
     config.time.history_tick = Duration::from_secs(10);
-    config.time.history_ttl = Duration::from_secs(3600);
+    // The early sightings (coarse epoch 10 s) are remembered until 100 s: long enough for their
+    // return at 80 s, and they expire before the end, so their tombstones are written.
+    config.time.history_ttl = Duration::from_secs(90);
     config.detectors.new_edge.learning_period = Duration::from_secs(20);
     config.detectors.new_edge.rare_max_epochs = 0;
     config.detectors.lateral_movement.learning_period = Duration::from_secs(20);
@@ -354,6 +356,13 @@ fn an_edge_learned_before_a_restart_is_not_new_after_it() {
     assert!(after.resumed_at > 0);
     assert!(metrics.replayed_messages.get() < first.len() as u64 / 2, "the replay is about one window");
     assert!(metrics.state_records_loaded.get() > 0, "the history was read back");
+    assert!(metrics.state_tombstones_written.get() > 0, "expired sightings were removed from the state topic");
+    let client = peergraph::kafka::client_config(&config.kafka);
+    let state = peergraph::kafka::state::load(&config.kafka, &client, &config.topics.state, 0, 1, &Metrics::default())
+        .expect("the state topic reads back");
+    let coarse: std::collections::BTreeSet<i64> =
+        state.history.iter().map(|s| (s.coarse as i64 - START_MS) / 1000).collect();
+    assert_eq!(coarse.into_iter().collect::<Vec<_>>(), vec![20, 30, 40, 50, 60, 70, 80, 90, 100]);
 
     let alerts: Vec<Alert> = peergraph_tests::read_topic(&config, &config.topics.alerts);
     let raised: Vec<(String, String, String)> = alerts

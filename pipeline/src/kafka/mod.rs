@@ -151,10 +151,13 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
         .iter()
         .map(|name| {
             let topic = NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor));
-            // Changelogs and reference topics keep each key's latest record.
-            // The state topic too: each (edge, coarse epoch) record lives until its tombstone.
+            // Changelogs and reference topics keep each key's latest record; so does the state
+            // topic, whose records live until their tombstones. Its segments roll hourly (not
+            // weekly), so compaction soon drops what the history's time to live has let go.
             let compacted = [&topics.service_graph, &topics.assets, &topics.indicators, &topics.state];
-            if compacted.iter().any(|c| c.as_str() == *name) {
+            if *name == topics.state {
+                topic.set("cleanup.policy", "compact").set("segment.ms", "3600000")
+            } else if compacted.iter().any(|c| c.as_str() == *name) {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic
