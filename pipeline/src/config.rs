@@ -9,7 +9,9 @@ use std::time::Duration;
 use peergraph_connectors::ConnectConfig;
 use peergraph_schemas::adapters::{Adapter, InputFormat};
 use peergraph_schemas::codec::WireFormat;
-use peergraph_topology::{DetectorsConfig, LifecycleConfig, ResolverConfig, TimeConfig, TopologyConfig};
+use peergraph_topology::{
+    DetectorsConfig, LifecycleConfig, PeerGroupsConfig, ResolverConfig, TimeConfig, TopologyConfig,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -23,6 +25,8 @@ pub struct Config {
     pub time: TimeConfig,
     /// Entity resolution: which networks are internal.
     pub entities: ResolverConfig,
+    /// Peer groups: workloads and asset roles, and served-port profiles for unlabelled entities.
+    pub peer_groups: PeerGroupsConfig,
     /// Detector parameters, one section per detector.
     pub detectors: DetectorsConfig,
     /// How findings become alert events (learning period).
@@ -288,6 +292,7 @@ impl Config {
         TopologyConfig {
             time: self.time.clone(),
             entities: self.entities.clone(),
+            peer_groups: self.peer_groups.clone(),
             detectors: self.detectors.clone(),
             lifecycle: self.lifecycle.clone(),
         }

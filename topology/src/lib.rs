@@ -21,6 +21,7 @@ pub use detectors::{DetectorInputs, DetectorsConfig, Finding, Indicator};
 pub use entity::{Endpoint, EntityResolver, ResolverConfig};
 pub use graph::{Edge, WorkloadEdge};
 pub use lifecycle::{LifecycleConfig, ResumedAlerts};
+pub use peers::PeerGroupsConfig;
 pub use time::{Epoch, TimeConfig};
 pub use topology::{build, Inputs, Outputs, TopologyConfig};
 pub use volume::Volume;

@@ -310,7 +310,7 @@ mod tests {
             let times: Vec<Epoch> = (1..=26).map(|s| s * 1000).collect();
             let states = run_collection_at(contacts.clone(), WINDOW, times.clone(), |contacts| {
                 let edges = contacts.map(|(edge, _)| edge);
-                let members = crate::peers::membership(edges.clone());
+                let members = crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only());
                 let features = member_features(entity_features(edges), members);
                 let moments = group_moments(features.clone()).map(|(k, m)| (k, Some(m), None, None));
                 let robust = group_robust(features.clone()).map(|(k, r)| (k, None, Some(r), None));

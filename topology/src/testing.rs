@@ -29,7 +29,7 @@ pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Vol
     let edges = contacts.clone().map(|(edge, _)| edge);
     let scope = contacts.scope();
     DetectorInputs {
-        members: crate::peers::membership(edges.clone()),
+        members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
         edges,
         contacts,
         indicators: differential_dataflow::collection::concatenate(scope, Vec::new()),
@@ -251,7 +251,7 @@ where
             let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
             let edges = contacts.clone().map(|(edge, _)| edge);
             let inputs = DetectorInputs {
-                members: crate::peers::membership(edges.clone()),
+                members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
                 edges,
                 contacts,
                 indicators,

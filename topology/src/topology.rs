@@ -11,7 +11,7 @@ use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indic
 use crate::entity::ResolverConfig;
 use crate::graph::{graph_changes, service_graph, Edge, EdgeState, GraphKey, WorkloadEdge};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
-use crate::peers::membership;
+use crate::peers::{membership, PeerGroupsConfig};
 use crate::time::{Epoch, TimeConfig};
 use crate::volume::Volume;
 
@@ -21,6 +21,7 @@ use crate::volume::Volume;
 pub struct TopologyConfig {
     pub time: TimeConfig,
     pub entities: ResolverConfig,
+    pub peer_groups: PeerGroupsConfig,
     pub detectors: DetectorsConfig,
     pub lifecycle: LifecycleConfig,
 }
@@ -58,7 +59,7 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let contacts = resolve_assets(inputs.contacts, matches.clone());
     let edges = contacts.clone().map(|(edge, _epoch)| edge);
     let detector_inputs = DetectorInputs {
-        members: membership(edges.clone()),
+        members: membership(edges.clone(), &config.peer_groups),
         edges: edges.clone(),
         contacts,
         indicators: inputs.indicators,

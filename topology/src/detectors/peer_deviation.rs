@@ -89,8 +89,14 @@ pub fn detect<'s>(config: &PeerDeviationConfig, inputs: &DetectorInputs<'s>) -> 
     let features = member_features(entity_features(inputs.edges.clone()), inputs.members.clone());
     let moments = group_moments(features.clone());
     let robust = group_robust(features.clone());
+    // The statistics take every member; only members above the feature's floor can deviate, and
+    // only groups large enough can judge, so both sides are cut down before the member-sized join.
+    let min_group_size = config.min_group_size as i64;
+    let statistics = moments.filter(move |(_, moments)| moments.n >= min_group_size).join(robust);
+    let floors = config.clone();
+    let candidates = features.filter(move |((_, feature), (_, value))| *value >= floors.floor(*feature));
     let config = config.clone();
-    features.join(moments).join(robust).flat_map(move |((group, feature), (((member, value), moments), robust))| {
+    candidates.join(statistics).flat_map(move |((group, feature), ((member, value), (moments, robust)))| {
         deviation(&config, feature, value, moments, robust).map(|d| finding(member, group, feature, d))
     })
 }
