@@ -369,7 +369,8 @@ impl Environment {
             if callers == 0 || callees == 0 {
                 continue;
             }
-            let lambda = call.per_minute * call.load.factor(now_ms, offset) * step_ms as f64 / 60_000.0;
+            let per_minute = (call.per_minute * call.load.factor(now_ms, offset)).max(call.floor_per_minute);
+            let lambda = per_minute * step_ms as f64 / 60_000.0;
             let (per, affinity) = (call.per, call.affinity);
             let mut pairs = Vec::new();
             match per {
@@ -753,6 +754,35 @@ mod tests {
         let (again, env_again) = generate(&config, MONDAY_6AM, rounds);
         assert_eq!(env_again.labels(end_ms), labels);
         assert!(again == all);
+    }
+
+    /// Sensors export flows about when they end: every flow of a round ends in that round's step
+    /// (a failed attempt may precede its retry by a little), so nothing arrives hours late.
+    #[test]
+    fn every_flow_ends_in_its_round() {
+        let mut config = organisation();
+        config.swap = Some(SwapConfig { at: Duration::from_secs(3600), ..SwapConfig::default() });
+        config.attacks = AttackKind::ALL
+            .iter()
+            .map(|kind| AttackConfig {
+                kind: *kind,
+                at: Duration::from_secs(1800),
+                lasting: Duration::from_secs(600),
+                client: 0,
+                target: None,
+                attacker: Some("shop/api[1]".into()),
+            })
+            .collect();
+        let step_ms = 20_000;
+        let mut env = Environment::new(&config, MONDAY_6AM);
+        for r in 1..=3 * 180 {
+            let now = MONDAY_6AM + r * step_ms;
+            let mut out = Vec::new();
+            env.round(now, step_ms, &mut out);
+            for g in out {
+                assert!(g.flow.end_ms <= now && g.flow.end_ms > now - step_ms - 1_000, "at {now}: {g:?}");
+            }
+        }
     }
 
     #[test]
