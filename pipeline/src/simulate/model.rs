@@ -408,7 +408,7 @@ impl Model {
         }
         // Admins: SSH to the Linux servers, RDP to the domain controllers, git over SSH.
         for (servers, port) in [(file, 22), (mail, 22), (intranet, 22), (dc, 3389)] {
-            m.call(admins, servers, port, None, 0.15, o, (3_000, 40_000), (5_000, 200_000));
+            m.call(admins, servers, port, None, 0.3, o, (3_000, 40_000), (5_000, 200_000));
         }
         m.call(admins, code, 22, Some("ssh"), 0.3, o, (2_000, 50_000), (5_000, 500_000));
         // Servers: machine authentication, directory lookups, mail relay, domain replication, updates.
