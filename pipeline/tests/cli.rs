@@ -103,10 +103,7 @@ fn evaluate_prints_which_labelled_attacks_were_detected_and_the_false_positives(
         })
         .to_string()
     };
-    let lines = [
-        alert("scan", "host:10.20.0.5", 20_000),
-        alert("new_edge", "host:10.20.0.9", 30_000),
-    ];
+    let lines = [alert("scan", "host:10.20.0.5", 20_000), alert("new_edge", "host:10.20.0.9", 30_000)];
     std::fs::write(&alerts, lines.join("\n")).unwrap();
     let output = peergraph()
         .args(["evaluate", "--labels"])
