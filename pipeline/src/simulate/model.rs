@@ -109,7 +109,7 @@ pub struct Call {
     pub per_minute: f64,
     /// Flows per minute per caller whatever the load: a pod keeps pooled connections to its
     /// backends, and a sensor reports a long-lived connection at least once per active timeout
-    /// (a minute). 0 for people and servers.
+    /// (a minute). Set for pods in the organisation profile; 0 otherwise.
     pub floor_per_minute: f64,
     pub per: Per,
     pub affinity: Affinity,
@@ -291,9 +291,8 @@ impl Model {
         response: (i64, i64),
     ) -> &mut Call {
         let protocol = if app == Some("dns") { proto::UDP } else { proto::TCP };
-        let floor_per_minute = if self.groups[from].workload.is_some() { POOLED_PER_MINUTE } else { 0.0 };
         self.calls.push(Call {
-            floor_per_minute,
+            floor_per_minute: 0.0,
             from,
             to,
             port,
@@ -326,12 +325,15 @@ impl Model {
         let dns = m.add_workload(rng, "kube-system", "coredns", "Deployment", "coredns", (2, 2), Load::Flat);
         let payments = m.add_hosts("saas/payments", ["198.51.100.10".to_owned()]);
         let saas = m.add_hosts("saas", ["192.0.2.10", "192.0.2.20", "192.0.2.30"].map(String::from));
+        // The demo's rates are per round (one `step`), whatever its length, as they always were:
+        // longer steps make a sparser, cheaper day.
+        let per_round = 60_000.0 / config.step.as_millis().max(1) as f64;
         let flat = Load::Flat;
-        m.call(office, web, 8080, Some("http"), 30.0, flat, (400, 2_000), (8_000, 40_000));
-        m.call(office, saas, 443, Some("tls"), 12.0, flat, (1_000, 20_000), (5_000, 100_000));
-        m.call(web, db, 5432, Some("postgresql"), 120.0, flat, (200, 1_500), (1_600, 12_000));
-        m.call(web, dns, 53, Some("dns"), 60.0, flat, (70, 70), (160, 160));
-        m.call(web, payments, 443, Some("tls"), 18.0, flat, (900, 6_000), (1_500, 12_000));
+        m.call(office, web, 8080, Some("http"), 0.5 * per_round, flat, (400, 2_000), (8_000, 40_000));
+        m.call(office, saas, 443, Some("tls"), 0.2 * per_round, flat, (1_000, 20_000), (5_000, 100_000));
+        m.call(web, db, 5432, Some("postgresql"), 2.0 * per_round, flat, (200, 1_500), (1_600, 12_000));
+        m.call(web, dns, 53, Some("dns"), per_round, flat, (70, 70), (160, 160));
+        m.call(web, payments, 443, Some("tls"), 0.3 * per_round, flat, (900, 6_000), (1_500, 12_000));
         m
     }
 
@@ -443,6 +445,9 @@ impl Model {
         }
         for call in &mut m.calls {
             call.per_minute *= config.rate_scale;
+            if m.groups[call.from].workload.is_some() {
+                call.floor_per_minute = POOLED_PER_MINUTE;
+            }
         }
         m
     }
