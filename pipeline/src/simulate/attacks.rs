@@ -163,8 +163,10 @@ pub fn parse_attacker(spec: &str) -> Option<(&str, usize)> {
 }
 
 impl Injection {
-    pub fn is_active(&self, now_ms: i64, step_ms: i64) -> bool {
-        now_ms > self.from_ms && now_ms - step_ms < self.until_ms
+    /// Whether the round ending at `now_ms` carries this injection's flows: the rounds ending in
+    /// `[from, until)` (the first one's flows all end at `from`).
+    pub fn is_active(&self, now_ms: i64) -> bool {
+        now_ms >= self.from_ms && now_ms < self.until_ms
     }
 
     /// The attack's flows for the step ending at `now_ms`, from `attacker`.
