@@ -348,8 +348,7 @@ impl Environment {
         let active: Vec<usize> = (0..self.injections.len())
             .filter(|i| {
                 let injection = &self.injections[*i];
-                injection.is_active(now_ms)
-                    && injection.member < self.model.groups[injection.group].members.len()
+                injection.is_active(now_ms) && injection.member < self.model.groups[injection.group].members.len()
             })
             .collect();
         let swapped: Vec<(usize, usize)> = active
