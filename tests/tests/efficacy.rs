@@ -42,7 +42,7 @@ fn attack(kind: AttackKind, hours: f64, attacker: &str, target: Option<&str>) ->
 }
 
 #[test]
-fn an_organisations_day_every_attack_detected_few_false_positives() {
+fn an_organisations_working_day_every_attack_detected_false_positives_bounded() {
     let mut config = peergraph_tests::config("efficacy");
     config.time.window = Duration::from_secs(300);
     // Five-second ticks: a fifth of the epochs of the default, so the day replays in time; the
