@@ -1,10 +1,11 @@
 //! peergraph's pipeline: configuration, the Kafka source and sinks around the timely cluster,
-//! the sensor simulator, the embedded demo and the benchmark. The binary `peergraph` is a thin
+//! the sensor simulator and its efficacy evaluation, the embedded demo and the benchmark. The binary `peergraph` is a thin
 //! command line over these.
 
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod evaluate;
 pub mod kafka;
 pub mod metrics;
 pub mod run;

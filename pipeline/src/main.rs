@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use peergraph::config::Config;
 use peergraph::metrics::Metrics;
-use peergraph::simulate::SwapConfig;
+use peergraph::simulate::{Profile, SwapConfig};
 use peergraph_schemas::codec::WireFormat;
 
 #[derive(Parser)]
@@ -50,6 +50,8 @@ enum Command {
     Sensor(peergraph::sensor::SensorArgs),
     /// Measure `run` against a raw consume of the same simulated topic.
     Bench(peergraph::bench::BenchArgs),
+    /// Efficacy against the simulator's labels: which attacks were detected, which alerts were false positives.
+    Evaluate(peergraph::evaluate::EvaluateArgs),
 }
 
 #[derive(Args)]
@@ -82,6 +84,9 @@ struct SimulateArgs {
     clients: Option<usize>,
     #[arg(long)]
     web_replicas: Option<usize>,
+    /// Environment profile: "demo" or "organisation".
+    #[arg(long, value_parser = parse_profile)]
+    environment: Option<Profile>,
     /// Swap one web replica's image for a malicious one.
     #[arg(long)]
     swap: bool,
@@ -173,6 +178,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             sim.start_ms = args.start_ms.or(sim.start_ms);
             sim.clients = args.clients.unwrap_or(sim.clients);
             sim.web_replicas = args.web_replicas.unwrap_or(sim.web_replicas);
+            sim.environment = args.environment.unwrap_or(sim.environment);
             sim.labels = args.labels.or(sim.labels.take());
             sim.format = args.format.unwrap_or(sim.format);
             if args.swap || args.swap_at.is_some() || args.swap_for.is_some() {
@@ -246,7 +252,13 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => peergraph::bench::bench(config, args),
+        Command::Evaluate(args) => peergraph::evaluate::run(&args).map(|_| ()),
     }
+}
+
+fn parse_profile(name: &str) -> Result<Profile, String> {
+    serde_json::from_value(serde_json::Value::String(name.into()))
+        .map_err(|_| format!("{name:?}: demo or organisation"))
 }
 
 /// Sets the flag on SIGINT / SIGTERM, from a small thread with its own runtime.

@@ -79,3 +79,44 @@ fn connect_check_builds_and_checks_every_sink_without_kafka() {
     assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains("healthy sinks: file"), "{stdout}");
 }
+
+#[test]
+fn evaluate_prints_which_labelled_attacks_were_detected_and_the_false_positives() {
+    let dir = tempfile::tempdir().unwrap();
+    let labels = dir.path().join("labels.jsonl");
+    let alerts = dir.path().join("alerts.jsonl");
+    std::fs::write(
+        &labels,
+        concat!(
+            r#"{"entity":"host:10.20.0.5","attack":"sweep","destination":"10.40.0.0","start_ms":1000,"end_ms":61000}"#,
+            "\n",
+            r#"{"entity":"pod:shop/web-1","attack":"swapped_image","destination":"ext:203.0.113.66","start_ms":1000,"end_ms":61000,"flows":3}"#,
+            "\n"
+        ),
+    )
+    .unwrap();
+    let alert = |detector: &str, entity: &str, at: i64| {
+        serde_json::json!({
+            "alert_id": format!("{detector}-{entity}"), "event": "raised", "detector": detector,
+            "severity": "high", "score": 80.0, "entity": entity, "peer_group": null, "summary": "s",
+            "evidence": {}, "techniques": [], "first_seen_ms": at, "last_seen_ms": at, "event_time_ms": at
+        })
+        .to_string()
+    };
+    let lines = [alert("scan", "host:10.20.0.5", 20_000), alert("new_edge", "host:10.20.0.9", 30_000)];
+    std::fs::write(&alerts, lines.join("\n")).unwrap();
+    let output = peergraph()
+        .args(["evaluate", "--labels"])
+        .arg(&labels)
+        .arg("--alerts")
+        .arg(&alerts)
+        .output()
+        .expect("run peergraph evaluate");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{stdout}{}", String::from_utf8_lossy(&output.stderr));
+    assert!(stdout.contains("detected 1 of 2 attacks; 2 alerts raised, 1 false positives (new_edge 1)"), "{stdout}");
+    let sweep = stdout.lines().find(|l| l.starts_with("sweep")).unwrap();
+    assert!(sweep.contains("host:10.20.0.5") && sweep.contains("yes"), "{sweep}");
+    let swap = stdout.lines().find(|l| l.starts_with("swapped_image")).unwrap();
+    assert!(swap.contains("NO"), "{swap}");
+}

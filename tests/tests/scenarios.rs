@@ -61,6 +61,7 @@ fn a_benign_day_with_every_attack_class() {
             lasting: Duration::from_secs(600),
             client: i,
             target: None,
+            attacker: None,
         })
         .collect();
 
