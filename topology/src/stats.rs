@@ -136,21 +136,26 @@ pub struct Robust {
 /// `((group, feature), (member, value))`: each member's features, keyed by its group.
 pub type MemberFeatures<'s> = VecCollection<'s, Epoch, ((String, Feature), (String, i64))>;
 
+/// Connections an entity needs in the window to have a failed-connection ratio. Unit: flows.
+pub const MIN_CONNECTIONS_FOR_RATIO: i64 = 10;
+
 /// `(entity, feature) → value` for every source entity in the window.
 pub fn entity_features<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
 ) -> VecCollection<'s, Epoch, ((String, Feature), i64)> {
     // The windowed totals per source are the consolidated differences; `count` turns them into data.
     let totals = edges.clone().map(|edge| edge.src.entity).count().flat_map(|(entity, total): (String, Volume)| {
-        let failed = if total.flows > 0 { total.failed * 1000 / total.flows } else { 0 };
+        // A ratio over a handful of connections is noise (one failure in three is "333 ‰"):
+        // below `MIN_CONNECTIONS_FOR_RATIO` the entity has no failed-ratio feature.
+        let failed = (total.flows >= MIN_CONNECTIONS_FOR_RATIO).then(|| total.failed * 1000 / total.flows);
         [
-            (Feature::BytesOut, total.bytes_out),
-            (Feature::BytesIn, total.bytes_in),
-            (Feature::Connections, total.flows),
+            (Feature::BytesOut, Some(total.bytes_out)),
+            (Feature::BytesIn, Some(total.bytes_in)),
+            (Feature::Connections, Some(total.flows)),
             (Feature::FailedPerMille, failed),
         ]
         .into_iter()
-        .map(move |(feature, value)| ((entity.clone(), feature), value))
+        .filter_map(move |(feature, value)| value.map(|value| ((entity.clone(), feature), value)))
     });
     let destinations = edges
         .clone()
@@ -294,6 +299,9 @@ mod tests {
                 (Feature::Destinations, destinations.len() as i64),
                 (Feature::DestinationPorts, ports.len() as i64),
             ] {
+                if feature == Feature::FailedPerMille && flows < MIN_CONNECTIONS_FOR_RATIO {
+                    continue;
+                }
                 rows.push(((group.clone(), feature), (entity.clone(), value)));
             }
         }

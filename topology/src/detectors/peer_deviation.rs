@@ -16,7 +16,8 @@ pub const DETECTOR: &str = "peer_group_deviation";
 #[serde(default, deny_unknown_fields)]
 pub struct PeerDeviationConfig {
     pub enabled: bool,
-    /// Smallest group (members with outgoing traffic in the window) whose members are compared.
+    /// Smallest group (members with outgoing traffic in the window) whose members are compared:
+    /// the member and at least four peers, as three peers give no usable spread. Unit: members.
     pub min_group_size: usize,
     /// Standard deviations above the other members' mean a value must be (leave-one-out).
     pub min_z: f64,
@@ -33,7 +34,7 @@ impl Default for PeerDeviationConfig {
     fn default() -> Self {
         PeerDeviationConfig {
             enabled: true,
-            min_group_size: 4,
+            min_group_size: 5,
             min_z: 4.0,
             min_robust_z: 4.0,
             min_bytes: 1_000_000,
@@ -77,10 +78,17 @@ pub fn deviation(
     }
     let peers = moments.without(value);
     let mean = peers.mean();
-    // Identical peers have no spread; a quarter of their mean (at least one unit) stands in.
-    let spread = peers.stddev().max(0.25 * mean.abs()).max(1.0);
+    // Few or identical peers show little spread; the least spread assumed is a quarter of the
+    // centre, one unit, and for counts (connections, destinations, ports) their counting noise,
+    // √centre: 20 connections against peers at 9 is chance, not a deviation.
+    let counted = matches!(feature, Feature::Connections | Feature::Destinations | Feature::DestinationPorts);
+    let least_spread = |centre: f64| {
+        let noise = if counted { centre.max(0.0).sqrt() } else { 0.0 };
+        (0.25 * centre.abs()).max(noise).max(1.0)
+    };
+    let spread = peers.stddev().max(least_spread(mean));
     let z = (value as f64 - mean) / spread;
-    let robust_spread = (1.4826 * robust.mad as f64).max(0.25 * (robust.median as f64).abs()).max(1.0);
+    let robust_spread = (1.4826 * robust.mad as f64).max(least_spread(robust.median as f64));
     let robust_z = (value - robust.median) as f64 / robust_spread;
     (z >= config.min_z && robust_z >= config.min_robust_z).then_some(Deviation { value, peers, robust, z, robust_z })
 }
