@@ -1,6 +1,8 @@
 //! Shared harness for the end-to-end tests: where the real broker is, unique topic names, and
 //! reading back what the pipeline produced.
 
+pub mod registry;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use peergraph::config::Config;

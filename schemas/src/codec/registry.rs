@@ -283,13 +283,18 @@ impl SchemaRegistry {
                 "url: put credentials in username and password_env / password_file, not in the URL".into(),
             ));
         }
-        let password =
-            load_optional_secret("schema_registry password", config.password_env.as_deref(), config.password_file.as_ref())
-                .map_err(RegistryError::Config)?;
+        let password = load_optional_secret(
+            "schema_registry password",
+            config.password_env.as_deref(),
+            config.password_file.as_ref(),
+        )
+        .map_err(RegistryError::Config)?;
         let auth = match (&config.username, password) {
             (Some(user), Some(password)) => Some((user.clone(), password)),
             (None, None) => None,
-            (Some(_), None) => return Err(RegistryError::Config("username needs password_env or password_file".into())),
+            (Some(_), None) => {
+                return Err(RegistryError::Config("username needs password_env or password_file".into()))
+            }
             (None, Some(_)) => return Err(RegistryError::Config("a password is configured without a username".into())),
         };
         let mut builder = Client::builder()
@@ -476,10 +481,8 @@ impl SchemaRegistry {
         what: String,
         subject: Option<&str>,
     ) -> RegistryError {
-        let body: ErrorBody = serde_json::from_str(text).unwrap_or_else(|_| ErrorBody {
-            error_code: 0,
-            message: text.chars().take(200).collect(),
-        });
+        let body: ErrorBody = serde_json::from_str(text)
+            .unwrap_or_else(|_| ErrorBody { error_code: 0, message: text.chars().take(200).collect() });
         let url = url.to_owned();
         match (status, subject) {
             (StatusCode::NOT_FOUND, _) => {
@@ -491,7 +494,12 @@ impl SchemaRegistry {
             (StatusCode::CONFLICT, Some(subject)) => {
                 RegistryError::Incompatible { url, subject: subject.to_owned(), message: body.message }
             }
-            _ => RegistryError::Status { url, status: status.as_u16(), error_code: body.error_code, message: body.message },
+            _ => RegistryError::Status {
+                url,
+                status: status.as_u16(),
+                error_code: body.error_code,
+                message: body.message,
+            },
         }
     }
 }
