@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use peergraph_schemas::codec::{Encoder, WireFormat};
+use peergraph_schemas::codec::WireFormat;
 use peergraph_schemas::flow::{proto, tcp_flag};
 use peergraph_schemas::{ConnState, EndpointMeta, Flow};
 use rand::{Rng, SeedableRng};
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::kafka;
+use crate::kafka::output::record_encoder;
 use crate::sensor::publish::FlowPublisher;
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -507,7 +508,9 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
     let sim = &config.simulate;
     anyhow::ensure!(!sim.step.is_zero(), "simulate.step must be positive");
     kafka::ensure_topics(&config.kafka, &config.topics)?;
-    let mut publisher = FlowPublisher::new(&config.kafka, &config.topics.flows, Encoder::<Flow>::new(sim.format)?)?;
+    let registry = config.schema_registry()?;
+    let encoder = record_encoder::<Flow>(sim.format, &config.topics.flows, registry.as_deref())?;
+    let mut publisher = FlowPublisher::new(&config.kafka, &config.topics.flows, encoder)?;
     let step_ms = sim.step.as_millis() as i64;
     let now = now_ms();
     let start_ms = sim.start_ms.unwrap_or(if sim.speed > 0.0 { now } else { now - sim.duration.as_millis() as i64 });
