@@ -191,6 +191,9 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/subjects/{subject}/versions", post(register))
         .route("/subjects/{subject}/versions/{version}", get(version))
         .route("/schemas/ids/{id}", get(by_id))
+        // Other endpoints (e.g. the newer subject associations) are not served, as by registries
+        // that predate them: 404 in the registry's error format.
+        .fallback(|| async { error(StatusCode::NOT_FOUND, 404, "HTTP 404 Not Found") })
         .layer(middleware::from_fn_with_state(shared.clone(), gate))
         .with_state(shared)
 }
