@@ -241,31 +241,30 @@ async fn gate(State(shared): State<Arc<Shared>>, request: Request, next: Next) -
     next.run(Request::from_parts(parts, body)).await
 }
 
-/// The schema in a registration or lookup body, checked as a registry checks it.
-fn schema_of(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), Response> {
+/// Why a request body is refused: status, registry error code, message.
+type Refusal = (StatusCode, u32, String);
+
+/// The schema in a registration or lookup body, checked as a registry checks it: its text and
+/// its parsing canonical form.
+fn schema_of(headers: &HeaderMap, body: &[u8]) -> Result<(String, String), Refusal> {
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim();
     if !matches!(
         media,
         "application/vnd.schemaregistry.v1+json" | "application/vnd.schemaregistry+json" | "application/json"
     ) {
-        return Err(error(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            415,
-            format!("unsupported content type {content_type:?}"),
-        ));
+        return Err((StatusCode::UNSUPPORTED_MEDIA_TYPE, 415, format!("unsupported content type {content_type:?}")));
     }
-    let body: Value = serde_json::from_slice(body)
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("body is not JSON: {e}")))?;
+    let unprocessable = |message: String| (StatusCode::UNPROCESSABLE_ENTITY, 42201, message);
+    let body: Value = serde_json::from_slice(body).map_err(|e| unprocessable(format!("body is not JSON: {e}")))?;
     let text = body
         .get("schema")
         .and_then(Value::as_str)
-        .ok_or_else(|| error(StatusCode::UNPROCESSABLE_ENTITY, 42201, "the body has no \"schema\" string"))?;
+        .ok_or_else(|| unprocessable("the body has no \"schema\" string".into()))?;
     if let Some(kind) = body.get("schemaType").and_then(Value::as_str).filter(|kind| *kind != "AVRO") {
-        return Err(error(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("only AVRO schemas here, not {kind}")));
+        return Err(unprocessable(format!("only AVRO schemas here, not {kind}")));
     }
-    let schema = apache_avro::Schema::parse_str(text)
-        .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, 42201, format!("Invalid schema: {e}")))?;
+    let schema = apache_avro::Schema::parse_str(text).map_err(|e| unprocessable(format!("Invalid schema: {e}")))?;
     Ok((text.to_owned(), schema.canonical_form()))
 }
 
@@ -277,7 +276,7 @@ async fn register(
 ) -> Response {
     let (text, canonical) = match schema_of(&headers, &body) {
         Ok(schema) => schema,
-        Err(response) => return response,
+        Err((status, code, message)) => return error(status, code, message),
     };
     let mut store = lock(&shared.store);
     let id = match store.by_canonical.get(&canonical) {
@@ -304,7 +303,7 @@ async fn lookup(
 ) -> Response {
     let (_, canonical) = match schema_of(&headers, &body) {
         Ok(schema) => schema,
-        Err(response) => return response,
+        Err((status, code, message)) => return error(status, code, message),
     };
     let store = lock(&shared.store);
     let Some(versions) = store.subjects.get(&subject) else {

@@ -247,3 +247,33 @@ fn messages_written_with_an_older_registered_schema_are_resolved_into_flows() {
     let decoder = Decoder::<Flow>::new(registry);
     assert_eq!(decoder.decode(&bytes).expect("resolved"), expected);
 }
+
+/// The receiver itself refuses what a registry refuses, so the tests above would catch a client
+/// that sent the wrong content type, a malformed body or an invalid schema.
+#[test]
+fn the_local_registry_refuses_bad_content_types_bodies_and_schemas() {
+    use std::io::{Read as _, Write as _};
+    let local = LocalRegistry::start();
+    let address = local.url().trim_start_matches("http://").to_owned();
+    let post = |content_type: &str, body: &str| {
+        let mut stream = std::net::TcpStream::connect(&address).expect("connect");
+        write!(
+            stream,
+            "POST /subjects/s-value/versions HTTP/1.1\r\nHost: {address}\r\nContent-Type: {content_type}\r\n\
+             Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .expect("send");
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).expect("read");
+        answer
+    };
+    let schema = serde_json::json!({ "schema": Flow::SCHEMA_JSON }).to_string();
+    assert!(post("text/plain", &schema).starts_with("HTTP/1.1 415"));
+    assert!(post(CONTENT_TYPE, "{\"schema\": 1}").starts_with("HTTP/1.1 422"));
+    let invalid = post(CONTENT_TYPE, "{\"schema\": \"{\\\"type\\\": \\\"nope\\\"}\"}");
+    assert!(invalid.starts_with("HTTP/1.1 422") && invalid.contains("42201"), "{invalid}");
+    let accepted = post(CONTENT_TYPE, &schema);
+    assert!(accepted.starts_with("HTTP/1.1 200") && accepted.contains("\"id\":1"), "{accepted}");
+    assert!(local.subjects().contains_key("s-value"));
+}
