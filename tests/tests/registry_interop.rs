@@ -43,7 +43,7 @@ fn confluent(mode: &str, input: &Value, registry: &LocalRegistry) -> Value {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|error| panic!("cannot run node ({error}); install Node.js 18+ (scripts/test does)"));
+        .unwrap_or_else(|error| panic!("cannot run node ({error}); install Node.js 20+ (scripts/test does)"));
     child.stdin.take().expect("stdin").write_all(input.to_string().as_bytes()).expect("write stdin");
     let output = child.wait_with_output().expect("node");
     assert!(output.status.success(), "node interop.mjs {mode} failed: {}", String::from_utf8_lossy(&output.stderr));
