@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use peergraph_connectors::ConnectConfig;
 use peergraph_schemas::adapters::{Adapter, InputFormat};
-use peergraph_schemas::codec::WireFormat;
+use std::sync::Arc;
+
+use peergraph_schemas::codec::{Decoder, RegistryConfig, SchemaRegistry, WireFormat};
 use peergraph_topology::{
     DetectorsConfig, LifecycleConfig, PeerGroupsConfig, ResolverConfig, TimeConfig, TopologyConfig,
 };
@@ -36,6 +38,9 @@ pub struct Config {
     pub metrics: MetricsConfig,
     /// The pcap flow sensor.
     pub sensor: crate::sensor::SensorConfig,
+    /// The Confluent-compatible schema registry: writer schemas of `avro-confluent` flows, schema
+    /// ids of `avro-confluent` alerts and graph edges. See docs/schema-registry.md.
+    pub schema_registry: RegistryConfig,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -183,7 +188,8 @@ pub struct RunConfig {
     /// Stop once every partition has been read up to its end as of the start (batch mode, for
     /// benchmarks and replays), instead of running until interrupted.
     pub stop_at_end: bool,
-    /// Format the alerts are written in.
+    /// Format the alerts and service-graph edges are written in; `avro-confluent` needs
+    /// `[schema_registry]`.
     pub alert_format: WireFormat,
 }
 
@@ -264,12 +270,32 @@ impl Config {
         if self.input.late == LatePolicy::DeadLetter && self.topics.dead_letter.is_empty() {
             return Err(ConfigError::Invalid("input.late = \"dead-letter\" needs topics.dead_letter".into()));
         }
+        if run.alert_format == WireFormat::AvroConfluent && !self.schema_registry.is_enabled() {
+            return Err(ConfigError::Invalid(
+                "run.alert_format = \"avro-confluent\" needs a schema registry (schema_registry.url)".into(),
+            ));
+        }
         Ok(())
     }
 
-    /// The adapter that reads the flows topic, as `[input]` configures it.
-    pub fn adapter(&self) -> Result<Adapter, ConfigError> {
-        let mut adapter = Adapter::new(self.input.format);
+    /// The schema registry client `[schema_registry]` configures, if it sets a URL. Reads the
+    /// password and CA file; makes no request. Build it once and share it: it caches schemas and ids.
+    /// (Blocking client: call from a plain thread, not from inside a tokio runtime.)
+    pub fn schema_registry(&self) -> Result<Option<Arc<SchemaRegistry>>, ConfigError> {
+        if !self.schema_registry.is_enabled() {
+            return Ok(None);
+        }
+        let registry = SchemaRegistry::new(&self.schema_registry).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Some(Arc::new(registry)))
+    }
+
+    /// The adapter that reads the flows topic, as `[input]` configures it. peergraph's own flows
+    /// find the writer schemas of Confluent-framed messages in `registry`, when there is one.
+    pub fn adapter(&self, registry: Option<&Arc<SchemaRegistry>>) -> Result<Adapter, ConfigError> {
+        let mut adapter = match (self.input.format, registry) {
+            (InputFormat::Peergraph, Some(registry)) => Adapter::native(Decoder::new(registry.clone())),
+            (format, _) => Adapter::new(format),
+        };
         if let Some(id) = &self.input.sensor_id {
             adapter = adapter.with_sensor_id(id.clone());
         }
@@ -358,5 +384,30 @@ mod tests {
         std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn the_schema_registry_section_is_read_and_avro_confluent_output_needs_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "[run]\nalert_format = \"avro-confluent\"\n").unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("schema_registry.url"), "{err}");
+        std::fs::write(
+            &path,
+            "[run]\nalert_format = \"avro-confluent\"\n[schema_registry]\nurl = \"https://registry:8081\"\n\
+             subject_name_strategy = \"record_name\"\nusername = \"peergraph\"\npassword_env = \"REGISTRY_PASSWORD\"\n",
+        )
+        .unwrap();
+        let loaded = Config::load(Some(&path)).unwrap();
+        let registry = &loaded.schema_registry;
+        assert_eq!(registry.url, "https://registry:8081");
+        assert_eq!(registry.subject_name_strategy, peergraph_schemas::codec::SubjectNameStrategy::RecordName);
+        assert_eq!(registry.password_env.as_deref(), Some("REGISTRY_PASSWORD"));
+        assert_eq!(registry.timeout, Duration::from_secs(10));
+        // Without the password variable set, building the client names the variable.
+        let err = loaded.schema_registry().unwrap_err().to_string();
+        assert!(err.contains("REGISTRY_PASSWORD"), "{err}");
+        assert!(Config::default().schema_registry().unwrap().is_none(), "no url, no registry");
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use differential_dataflow::input::InputSession;
-use peergraph_schemas::codec::Encoder;
+use peergraph_schemas::codec::SchemaRegistry;
 use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::{
     build, AssetRecord, Edge, Epoch, Indicator, Inputs, ResumedAlerts, TimeConfig, Volume, WorkloadEdge,
@@ -27,7 +27,7 @@ use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat as _, Probe as _};
 
 use crate::config::Config;
-use crate::kafka::output::{produce, RecordSink};
+use crate::kafka::output::{produce, record_encoder, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
 use crate::kafka::source::{EdgeBatch, FlowSource};
 use crate::kafka::state::{self, HistoryEntry, HistoryStore, Restored};
@@ -135,7 +135,18 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     kafka::ensure_topics(&config.kafka, &config.topics)?;
     let partitions = kafka::partition_count(&config.kafka, &config.topics.flows)?;
     let timely_config = timely_config(config)?;
-    let shared = Arc::new((config.clone(), partitions, metrics, shutdown));
+    let registry = config.schema_registry()?;
+    if let Some(registry) = &registry {
+        // Register (or look up) the output schemas now, so a registry problem stops the start
+        // here; the workers then find the ids in the client's cache.
+        let alert_format = config.run.alert_format;
+        record_encoder::<Alert>(alert_format, &config.topics.alerts, Some(registry))?;
+        if !config.topics.service_graph.is_empty() {
+            record_encoder::<GraphEdge>(alert_format, &config.topics.service_graph, Some(registry))?;
+        }
+        tracing::info!(url = registry.url(), "using the schema registry");
+    }
+    let shared = Arc::new((config.clone(), partitions, metrics, shutdown, registry));
     tracing::info!(
         topic = %config.topics.flows,
         partitions,
@@ -145,8 +156,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         "starting the pipeline"
     );
     let guards = timely::execute(timely_config, move |worker| {
-        let (config, partitions, metrics, shutdown) = &*shared;
-        run_worker(worker, config, *partitions, metrics.clone(), shutdown).map_err(|e| {
+        let (config, partitions, metrics, shutdown, registry) = &*shared;
+        run_worker(worker, config, *partitions, metrics.clone(), shutdown, registry.as_ref()).map_err(|e| {
             // A timely cluster is a gang: the other workers of this process stop too, instead of
             // waiting forever for this one's progress.
             shutdown.store(true, Ordering::Relaxed);
@@ -200,12 +211,14 @@ fn run_worker(
     partitions: i32,
     metrics: Arc<Metrics>,
     shutdown: &AtomicBool,
+    registry: Option<&Arc<SchemaRegistry>>,
 ) -> anyhow::Result<RunReport> {
     let index = worker.index();
     let peers = worker.peers();
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
-    let mut source = FlowSource::open(config, &client, mine, partitions, peers, config.adapter()?, metrics.clone())?;
+    let mut source =
+        FlowSource::open(config, &client, mine, partitions, peers, config.adapter(registry)?, metrics.clone())?;
     let resume = source.resume();
     // What a previous run persisted (this worker's share of the history, the open alerts), read
     // before any flow.
@@ -222,7 +235,7 @@ fn run_worker(
     let mut alert_sink = RecordSink::new(
         &client,
         &config.topics.alerts,
-        Encoder::<Alert>::new(config.run.alert_format)?,
+        record_encoder::<Alert>(config.run.alert_format, &config.topics.alerts, registry.map(|r| &**r))?,
         metrics.clone(),
         stopping.clone(),
         sink_error.clone(),
@@ -235,7 +248,7 @@ fn run_worker(
         let mut sink = RecordSink::new(
             &client,
             &config.topics.service_graph,
-            Encoder::<GraphEdge>::new(config.run.alert_format)?,
+            record_encoder::<GraphEdge>(config.run.alert_format, &config.topics.service_graph, registry.map(|r| &**r))?,
             metrics.clone(),
             stopping.clone(),
             sink_error.clone(),

@@ -7,6 +7,7 @@ pub mod asset;
 pub mod codec;
 pub mod edge;
 pub mod flow;
+pub mod secret;
 
 pub use alert::{Alert, AlertEvent, Severity};
 pub use asset::{Asset, Indicator};

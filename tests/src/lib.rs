@@ -1,6 +1,8 @@
 //! Shared harness for the end-to-end tests: where the real broker is, unique topic names, and
 //! reading back what the pipeline produced.
 
+pub mod registry;
+
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use peergraph::config::Config;
@@ -63,6 +65,15 @@ pub fn collect_alerts(config: &Config, idle: std::time::Duration) -> Vec<peergra
 
 /// Every record of `topic`, from the beginning to its end as of now, decoded as `T`.
 pub fn read_topic<T: peergraph_schemas::codec::Record>(config: &Config, topic: &str) -> Vec<T> {
+    read_topic_with(config, topic, peergraph_schemas::codec::Decoder::<T>::default())
+}
+
+/// Like [`read_topic`], decoding with `decoder` (e.g. one backed by a schema registry).
+pub fn read_topic_with<T: peergraph_schemas::codec::Record>(
+    config: &Config,
+    topic: &str,
+    decoder: peergraph_schemas::codec::Decoder<T>,
+) -> Vec<T> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let consumer: BaseConsumer = peergraph::kafka::client_config(&config.kafka)
@@ -79,7 +90,6 @@ pub fn read_topic<T: peergraph_schemas::codec::Record>(config: &Config, topic: &
         assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assignment");
     }
     consumer.assign(&assignment).expect("assign");
-    let decoder = peergraph_schemas::codec::Decoder::<T>::default();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
     let mut records = Vec::new();
     while remaining > 0 && std::time::Instant::now() < deadline {

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use peergraph_schemas::codec::{Encoder, Record};
+use peergraph_schemas::codec::{Encoder, Record, SchemaRegistry, WireFormat};
 use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::Epoch;
 use rdkafka::config::ClientConfig;
@@ -23,6 +23,25 @@ use timely::dataflow::Stream;
 
 use super::KafkaError;
 use crate::metrics::Metrics;
+
+/// The encoder for records of type `T` produced to `topic` in `format`. `avro-confluent` takes
+/// its schema id from `registry` (registering `T`'s schema under the configured subject when
+/// `auto_register` is on, looking it up otherwise); the id is cached by the registry client.
+pub fn record_encoder<T: Record>(
+    format: WireFormat,
+    topic: &str,
+    registry: Option<&SchemaRegistry>,
+) -> anyhow::Result<Encoder<T>> {
+    match (format, registry) {
+        (WireFormat::AvroConfluent, Some(registry)) => registry
+            .encoder::<T>(topic)
+            .map_err(|error| anyhow::anyhow!("cannot get the schema id of {} for topic {topic}: {error}", T::NAME)),
+        (WireFormat::AvroConfluent, None) => Err(anyhow::anyhow!(
+            "the avro-confluent format (topic {topic}) needs a schema registry: set schema_registry.url"
+        )),
+        (format, _) => Ok(Encoder::new(format)?),
+    }
+}
 
 /// Counts deliveries the broker refused after librdkafka's own retries.
 #[derive(Default)]

@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use peergraph_schemas::codec::{Encoder, WireFormat};
+use peergraph_schemas::codec::WireFormat;
 use peergraph_schemas::flow::{proto, tcp_flag};
 use peergraph_schemas::{ConnState, Flow};
 use rand::{Rng, SeedableRng};
@@ -27,6 +27,7 @@ pub use model::{OrganisationConfig, Profile};
 
 use crate::config::Config;
 use crate::kafka;
+use crate::kafka::output::record_encoder;
 use crate::sensor::publish::FlowPublisher;
 use attacks::{Injected, Injection};
 use labels::Tally;
@@ -546,7 +547,9 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
         sim.environment
     );
     kafka::ensure_topics(&config.kafka, &config.topics)?;
-    let mut publisher = FlowPublisher::new(&config.kafka, &config.topics.flows, Encoder::<Flow>::new(sim.format)?)?;
+    let registry = config.schema_registry()?;
+    let encoder = record_encoder::<Flow>(sim.format, &config.topics.flows, registry.as_deref())?;
+    let mut publisher = FlowPublisher::new(&config.kafka, &config.topics.flows, encoder)?;
     let wall_start = Instant::now();
     let mut report = SimulateReport { start_ms, end_ms, ..SimulateReport::default() };
     let mut round = Vec::new();

@@ -1,12 +1,14 @@
 //! Bytes on the Kafka topics ⇄ records: the pipeline decodes flows with a [`Decoder`] and the sinks
 //! encode alerts and graph edges with an [`Encoder`]. Three framings share one code path: JSON, Avro
-//! single-object encoding, and the Confluent schema-registry wire format.
+//! single-object encoding, and the Confluent schema-registry wire format, whose schema ids come from a
+//! [`SchemaRegistry`] (or [`StaticSchemas`]).
 
 mod decoder;
 mod encoder;
 mod error;
 mod lookup;
 mod record;
+mod registry;
 
 #[cfg(test)]
 mod fixtures;
@@ -23,6 +25,7 @@ pub use encoder::Encoder;
 pub use error::{DecodeError, EncodeError, ParseWireFormatError};
 pub use lookup::{SchemaLookup, StaticSchemas};
 pub use record::Record;
+pub use registry::{RegistryConfig, RegistryError, SchemaRegistry, SubjectNameStrategy, REGISTRY_CONTENT_TYPE};
 
 /// The two bytes that open an Avro single-object encoded message (the Avro specification's "magic").
 pub const SINGLE_OBJECT_MAGIC: [u8; 2] = [0xC3, 0x01];
