@@ -2,6 +2,7 @@
 //! the sensor simulator, the embedded demo and the benchmark. The binary `peergraph` is a thin
 //! command line over these.
 
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod demo;

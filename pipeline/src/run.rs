@@ -23,6 +23,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat as _, Probe as _};
 
+use crate::api::{GraphApi, GraphShard};
 use crate::config::Config;
 use crate::kafka::output::{produce, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
@@ -109,7 +110,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     kafka::ensure_topics(&config.kafka, &config.topics)?;
     let partitions = kafka::partition_count(&config.kafka, &config.topics.flows)?;
     let timely_config = timely_config(config)?;
-    let shared = Arc::new((config.clone(), partitions, metrics, shutdown));
+    // The graph query API, when enabled; it lives until the cluster has stopped.
+    let api = (!config.api.listen.is_empty()).then(|| GraphApi::new(config, metrics.clone()));
+    let _api_server = api.clone().map(|api| crate::api::serve(&config.api.listen, api)).transpose()?;
+    let shared = Arc::new((config.clone(), partitions, metrics, shutdown, api));
     tracing::info!(
         topic = %config.topics.flows,
         partitions,
@@ -119,8 +123,8 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         "starting the pipeline"
     );
     let guards = timely::execute(timely_config, move |worker| {
-        let (config, partitions, metrics, shutdown) = &*shared;
-        run_worker(worker, config, *partitions, metrics.clone(), shutdown).map_err(|e| {
+        let (config, partitions, metrics, shutdown, api) = &*shared;
+        run_worker(worker, config, *partitions, metrics.clone(), shutdown, api.as_deref()).map_err(|e| {
             // A timely cluster is a gang: the other workers of this process stop too, instead of
             // waiting forever for this one's progress.
             shutdown.store(true, Ordering::Relaxed);
@@ -173,6 +177,7 @@ fn run_worker(
     partitions: i32,
     metrics: Arc<Metrics>,
     shutdown: &AtomicBool,
+    api: Option<&GraphApi>,
 ) -> anyhow::Result<RunReport> {
     let index = worker.index();
     let peers = worker.peers();
@@ -208,13 +213,14 @@ fn run_worker(
 
     let topology = config.topology();
     let dataflow_index = worker.next_dataflow_index();
-    let (mut feeds, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+    let (mut feeds, mut announce_in, probe, graph_trace) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
         let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
         let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
         let outputs = build(&topology, Inputs { contacts, assets, indicators, history });
+        let graph_trace = outputs.graph.trace.clone();
         let produced = produce(outputs.alerts, alert_sink);
         let produced = match graph_sink {
             Some(sink) => produced.concat(produce(outputs.graph_changes, sink)),
@@ -241,8 +247,10 @@ fn run_worker(
             history: history_in,
             remembered: BTreeMap::new(),
         };
-        (feeds, announce_in, probe)
+        (feeds, announce_in, probe, graph_trace)
     });
+    // Only the API keeps a handle on the graph's trace (and so its history within the retention).
+    let mut graph_shard: Option<GraphShard> = api.map(|api| api.attach(index, graph_trace));
 
     let tick = config.time.tick_ms();
     // The reference topics are read whole by worker 0; the dataflow spreads them by key.
@@ -324,6 +332,9 @@ fn run_worker(
             source.commit_passed(frontier, CommitMode::Async)?;
             last_frontier = frontier;
         }
+        if let Some(shard) = graph_shard.as_mut() {
+            shard.serve();
+        }
 
         if config.run.stop_at_end && finished.borrow().len() == peers {
             // Everyone has read everything: close the epochs up to the last record anywhere,
@@ -346,6 +357,7 @@ fn run_worker(
         return Err(error.into());
     }
     stopping.set(true);
+    drop(graph_shard);
     worker.drop_dataflow(dataflow_index);
     tracing::info!(worker = index, messages = report.messages, edge_updates = report.edge_updates, "worker stopped");
     Ok(report)
