@@ -136,12 +136,12 @@ impl Metrics {
             "Event-time frontier of the dataflow output",
             self.output_frontier_ms.clone(),
         );
-        registry.register("graph_queries", "Graph queries answered by the query API, by outcome", self.graph_queries.clone());
         registry.register(
-            "graph_query_seconds",
-            "Time to answer a graph query",
-            self.graph_query_seconds.0.clone(),
+            "graph_queries",
+            "Graph queries answered by the query API, by outcome",
+            self.graph_queries.clone(),
         );
+        registry.register("graph_query_seconds", "Time to answer a graph query", self.graph_query_seconds.0.clone());
         registry
     }
 }
