@@ -146,6 +146,22 @@ impl GraphHistory {
         }
         Ok(read_at(&mut self.trace, at, filter))
     }
+
+    /// The updates this shard's trace holds: one per live edge, plus every change of every edge
+    /// within the retention. Walks the whole trace; for measurements, not for hot paths.
+    pub fn held_updates(&mut self) -> usize {
+        let Some(batches) = self.trace.batches_through(Antichain::new().borrow()) else { return 0 };
+        let (mut cursor, storage) = cursor_list(batches);
+        let mut held = 0;
+        while cursor.key_valid(&storage) {
+            while cursor.val_valid(&storage) {
+                cursor.map_times(&storage, |_, _| held += 1);
+                cursor.step_val(&storage);
+            }
+            cursor.step_key(&storage);
+        }
+        held
+    }
 }
 
 /// Accumulates the trace's updates at times up to `at` into the edges present then. Exact only
