@@ -41,6 +41,8 @@ struct ShardProgress {
     latest_plus_one: AtomicU64,
     /// The oldest time still readable.
     oldest: AtomicU64,
+    /// Where this run resumed after a restart: before it, the replay had not refilled the window.
+    resumed_at: Epoch,
 }
 
 /// The HTTP side's line to one worker.
@@ -77,10 +79,12 @@ impl GraphApi {
 
     /// Gives worker `worker` its side of the API: the returned shard keeps `trace` (a handle on the
     /// worker's part of the arranged graph), holds its compaction back by the retention, and
-    /// answers queries when [`GraphShard::serve`] is called.
-    pub fn attach(&self, worker: usize, trace: GraphTrace) -> GraphShard {
+    /// answers queries when [`GraphShard::serve`] is called. After a restart, `resumed_at` is the
+    /// worker's resume point: the graph before it is incomplete (the replay starts one window
+    /// earlier) and is not answered.
+    pub fn attach(&self, worker: usize, trace: GraphTrace, resumed_at: Epoch) -> GraphShard {
         let (queries, receiver) = mpsc::channel();
-        let progress = Arc::new(ShardProgress::default());
+        let progress = Arc::new(ShardProgress { resumed_at, ..ShardProgress::default() });
         let shard = Shard { queries, progress: progress.clone() };
         self.shards.lock().unwrap_or_else(|e| e.into_inner()).insert(worker, shard);
         let history = GraphHistory::new(trace, self.retention.as_millis() as u64, self.tick_ms);
@@ -107,6 +111,7 @@ impl GraphApi {
             return Err(ApiError::Unavailable("no epoch has closed yet: the graph is not final for any time".into()));
         };
         let oldest = shards.iter().map(|(_, p)| p.oldest.load(Ordering::Acquire)).max().unwrap_or(0);
+        let resumed_at = shards.iter().map(|(_, p)| p.resumed_at).max().unwrap_or(0);
         let at = match params.at.as_deref() {
             None | Some("") | Some("now") => latest,
             Some(text) => parse_time(text)? / self.tick_ms * self.tick_ms,
@@ -120,6 +125,13 @@ impl GraphApi {
         }
         if at < oldest {
             return Err(self.expired(at, oldest));
+        }
+        if at < resumed_at {
+            return Err(ApiError::Expired(format!(
+                "at={} is before this run's resume point after a restart ({}): the graph is complete only from there on",
+                rfc3339(at),
+                rfc3339(resumed_at)
+            )));
         }
         let mut replies = Vec::with_capacity(shards.len());
         for (queries, _) in &shards {
@@ -153,7 +165,7 @@ impl GraphApi {
             at: rfc3339(at),
             level: filter.level,
             latest_ms: latest,
-            oldest_ms: oldest,
+            oldest_ms: oldest.max(resumed_at),
             retention_ms: self.retention.as_millis() as u64,
             window_ms: self.window_ms,
             workers: shards.len(),
@@ -241,7 +253,8 @@ pub struct GraphAnswer {
     pub level: EdgeLevel,
     /// The latest closed epoch: the newest time that could have been asked.
     pub latest_ms: Epoch,
-    /// The oldest time that could have been asked (the latest minus the retention).
+    /// The oldest time that could have been asked: the latest minus the retention, and after a
+    /// restart not before the resume point.
     pub oldest_ms: Epoch,
     pub retention_ms: u64,
     /// The window every edge's counts cover, ending at `at_ms`.

@@ -69,6 +69,8 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     config.run.workers = args.workers;
     config.run.stop_at_end = true;
     config.input.group_id = format!("peergraph-bench-{}", crate::simulate::now_ms());
+    // A fresh state topic: a benchmark run must not start from an earlier run's history.
+    config.topics.state = format!("{}.state", config.input.group_id);
     config.metrics.listen = String::new();
     let started = Instant::now();
     let report = crate::run::run(&config, Arc::new(AtomicBool::new(false)), Metrics::new())?;

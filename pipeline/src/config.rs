@@ -77,6 +77,11 @@ pub struct TopicsConfig {
     /// Where undecodable, invalid and (with `input.late = "dead-letter"`) late flows go, with the
     /// reason in the headers. Empty: such records are counted, logged and skipped.
     pub dead_letter: String,
+    /// The pipeline's own state (compacted): the long-horizon history of workload edges, one
+    /// record per (workload edge, coarse epoch) until its time to live runs out, read back whole
+    /// at start so a restart does not forget it. Empty: nothing is persisted (a restart starts
+    /// the history and the learning periods again). See docs/running.md, "Restarts".
+    pub state: String,
     /// Create missing topics at start (with `partitions` partitions and `replication_factor`).
     pub create: bool,
     pub partitions: i32,
@@ -92,6 +97,7 @@ impl Default for TopicsConfig {
             assets: "peergraph.assets".into(),
             indicators: "peergraph.indicators".into(),
             dead_letter: String::new(),
+            state: "peergraph.state".into(),
             create: true,
             partitions: 4,
             replication_factor: 1,
@@ -286,6 +292,15 @@ impl Config {
             adapter = adapter.with_fields(fields).map_err(|e| ConfigError::Invalid(format!("input.fields: {e}")))?;
         }
         Ok(adapter)
+    }
+
+    /// How far before the resume point a restart replays the flows, in ms of event time: one
+    /// window (to refill it), the allowed lateness, and the longest lifecycle timer that reaches
+    /// back from an event (`min_duration`, `clear_after`), so alerts due just after the resume
+    /// point are decided on the same findings as without the restart.
+    pub fn replay_horizon_ms(&self) -> u64 {
+        let lifecycle = self.lifecycle.min_duration.max(self.lifecycle.clear_after).as_millis() as u64;
+        self.time.window_ms() + self.time.lateness_ms() + lifecycle
     }
 
     pub fn topology(&self) -> TopologyConfig {

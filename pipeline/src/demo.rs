@@ -27,6 +27,7 @@ pub fn demo(mut config: Config, wall: Duration, alerts_file: &Path, stop: Arc<At
         &config.topics.service_graph,
         &config.topics.assets,
         &config.topics.indicators,
+        &config.topics.state,
     ] {
         cluster.create_topic(topic, config.topics.partitions, 1).with_context(|| format!("creating {topic}"))?;
     }

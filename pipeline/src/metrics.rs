@@ -63,6 +63,23 @@ pub struct Metrics {
     pub offset_commits: Counter,
     /// The event-time frontier of the dataflow output (ms since the Unix epoch), per process.
     pub output_frontier_ms: Gauge,
+    /// Flow messages read again after a restart (offsets below the committed ones): the replay
+    /// that refills the window.
+    pub replayed_messages: Counter,
+    /// Alerts and graph changes the replay recomputed for epochs already emitted before the
+    /// restart, and therefore did not produce again.
+    pub outputs_suppressed: Counter,
+    /// State-topic records read at start (history sightings and tombstones).
+    pub state_records_loaded: Counter,
+    /// History sightings written to the state topic.
+    pub state_records_written: Counter,
+    /// Tombstones written to the state topic for sightings whose time to live ran out.
+    pub state_tombstones_written: Counter,
+    /// Wall-clock milliseconds from the start of `run` until the output frontier passed the
+    /// resume point (the restart's silent replay), per worker, the slowest wins.
+    pub restart_replay_ms: Gauge,
+    /// Event time (ms since the Unix epoch) at which emission resumed after the restart.
+    pub resume_epoch_ms: Gauge,
     /// Graph queries answered by the query API, by outcome ("ok", "bad_request", "not_closed",
     /// "expired", "unavailable").
     pub graph_queries: Family<OutcomeLabel, Counter>,
@@ -135,6 +152,41 @@ impl Metrics {
             "output_frontier_ms",
             "Event-time frontier of the dataflow output",
             self.output_frontier_ms.clone(),
+        );
+        registry.register(
+            "replayed_messages",
+            "Flow messages read again after a restart to rebuild the window",
+            self.replayed_messages.clone(),
+        );
+        registry.register(
+            "outputs_suppressed",
+            "Alerts and graph changes recomputed by the restart replay for epochs already emitted",
+            self.outputs_suppressed.clone(),
+        );
+        registry.register(
+            "state_records_loaded",
+            "State-topic records read at start",
+            self.state_records_loaded.clone(),
+        );
+        registry.register(
+            "state_records_written",
+            "History sightings written to the state topic",
+            self.state_records_written.clone(),
+        );
+        registry.register(
+            "state_tombstones_written",
+            "Tombstones written to the state topic for expired sightings",
+            self.state_tombstones_written.clone(),
+        );
+        registry.register(
+            "restart_replay_ms",
+            "Wall-clock ms from start until the output passed the resume point",
+            self.restart_replay_ms.clone(),
+        );
+        registry.register(
+            "resume_epoch_ms",
+            "Event time at which emission resumed after the restart",
+            self.resume_epoch_ms.clone(),
         );
         registry.register(
             "graph_queries",

@@ -1,6 +1,7 @@
 //! `peergraph run`: the timely cluster. Each worker reads its share of the flow partitions,
 //! feeds the windowed edge updates into the dataflow, advances event time by the partition
-//! watermarks, produces alerts, and commits offsets behind the output frontier.
+//! watermarks, produces alerts, and commits offsets behind the output frontier. On restart it
+//! loads the history from the state topic and replays the window silently (see `kafka::state`).
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, HashSet};
@@ -13,7 +14,9 @@ use anyhow::Context;
 use differential_dataflow::input::InputSession;
 use peergraph_schemas::codec::Encoder;
 use peergraph_schemas::{Alert, GraphEdge};
-use peergraph_topology::{build, AssetRecord, Edge, Epoch, Indicator, Inputs, TimeConfig, Volume, WorkloadEdge};
+use peergraph_topology::{
+    build, AssetRecord, Edge, Epoch, Indicator, Inputs, ResumedAlerts, TimeConfig, Volume, WorkloadEdge,
+};
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
 use timely::communication::Config as CommunicationConfig;
@@ -28,6 +31,7 @@ use crate::config::Config;
 use crate::kafka::output::{produce, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
 use crate::kafka::source::{EdgeBatch, FlowSource};
+use crate::kafka::state::{self, HistoryEntry, HistoryStore, Restored};
 use crate::kafka::{self, client_config};
 use crate::metrics::Metrics;
 
@@ -38,6 +42,9 @@ pub struct RunReport {
     pub edge_updates: u64,
     /// Greatest epoch the output frontier passed.
     pub output_frontier: Epoch,
+    /// After a restart: the epoch from which output was produced again (earlier epochs were
+    /// replayed silently); 0 on a first start.
+    pub resumed_at: Epoch,
 }
 
 /// A worker's event-time announcement to its peers: its input frontier, and once it has read
@@ -58,6 +65,8 @@ struct Feeds {
     /// Workload edges this worker already put into the history for a coarse epoch; only the
     /// current and the previous coarse epochs are kept.
     remembered: BTreeMap<Epoch, HashSet<WorkloadEdge>>,
+    /// Sightings put into the history since the state topic was last written.
+    learned: Vec<HistoryEntry>,
 }
 
 impl Feeds {
@@ -76,7 +85,8 @@ impl Feeds {
             let workload_edge = WorkloadEdge::from(&edge);
             if self.remembered.entry(coarse).or_default().insert(workload_edge.clone()) {
                 self.history.update_at((workload_edge.clone(), coarse), coarse, 1);
-                self.history.update_at((workload_edge, coarse), coarse + time.history_ttl_ms(), -1);
+                self.history.update_at((workload_edge.clone(), coarse), coarse + time.history_ttl_ms(), -1);
+                self.learned.push(HistoryEntry { edge: workload_edge, coarse });
             }
             self.contacts.update_at((edge.clone(), epoch), epoch + window, volume.negated());
             self.contacts.update_at((edge, epoch), epoch, volume);
@@ -86,6 +96,22 @@ impl Feeds {
             self.remembered.retain(|coarse, _| *coarse >= keep_from);
         }
         updates
+    }
+
+    /// Puts the sightings a previous run persisted back into the history, at their own epochs
+    /// (the inputs have not advanced yet). The latest two coarse epochs are remembered, so the
+    /// replay does not add them again.
+    fn restore(&mut self, entries: &[HistoryEntry], time: &TimeConfig) {
+        let newest = entries.iter().map(|e| e.coarse).max().unwrap_or(0);
+        let keep_from = newest.saturating_sub(time.history_tick.as_millis() as u64);
+        for entry in entries {
+            let sighting = (entry.edge.clone(), entry.coarse);
+            self.history.update_at(sighting.clone(), entry.coarse, 1);
+            self.history.update_at(sighting, entry.coarse + time.history_ttl_ms(), -1);
+            if entry.coarse >= keep_from {
+                self.remembered.entry(entry.coarse).or_default().insert(entry.edge.clone());
+            }
+        }
     }
 
     fn advance_to(&mut self, time: Epoch) {
@@ -138,6 +164,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         total.messages += report.messages;
         total.edge_updates += report.edge_updates;
         total.output_frontier = total.output_frontier.max(report.output_frontier);
+        total.resumed_at = total.resumed_at.max(report.resumed_at);
     }
     Ok(total)
 }
@@ -183,10 +210,21 @@ fn run_worker(
     let peers = worker.peers();
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
-    let mut source = FlowSource::open(config, &client, mine, config.adapter()?, metrics.clone())?;
+    let mut source = FlowSource::open(config, &client, mine, partitions, peers, config.adapter()?, metrics.clone())?;
+    let resume = source.resume();
+    // What a previous run persisted (this worker's share of the history, the open alerts), read
+    // before any flow.
+    let (restored, mut history_store) = if config.topics.state.is_empty() {
+        (Restored::default(), None)
+    } else {
+        let topic = &config.topics.state;
+        let restored = state::load(&config.kafka, &client, topic, index, peers, &metrics)?;
+        let store = HistoryStore::new(&client, topic, config.time.history_ttl_ms(), metrics.clone())?;
+        (restored, Some(store))
+    };
     let stopping = Rc::new(Cell::new(false));
     let sink_error = Rc::new(RefCell::new(None));
-    let alert_sink = RecordSink::new(
+    let mut alert_sink = RecordSink::new(
         &client,
         &config.topics.alerts,
         Encoder::<Alert>::new(config.run.alert_format)?,
@@ -194,24 +232,33 @@ fn run_worker(
         stopping.clone(),
         sink_error.clone(),
     )?;
+    alert_sink.resume_at = resume.resume_at;
+    alert_sink.state_topic = config.topics.state.clone();
     let graph_sink = if config.topics.service_graph.is_empty() {
         None
     } else {
-        Some(RecordSink::new(
+        let mut sink = RecordSink::new(
             &client,
             &config.topics.service_graph,
             Encoder::<GraphEdge>::new(config.run.alert_format)?,
             metrics.clone(),
             stopping.clone(),
             sink_error.clone(),
-        )?)
+        )?;
+        sink.resume_at = resume.resume_at;
+        Some(sink)
     };
 
     // What the other workers announced: the furthest watermark, and who has finished where.
     let announced = Rc::new(Cell::new(0 as Epoch));
     let finished: Rc<RefCell<BTreeMap<usize, Epoch>>> = Rc::new(RefCell::new(BTreeMap::new()));
 
-    let topology = config.topology();
+    let mut topology = config.topology();
+    topology.lifecycle.observed_since = resume.observed_since;
+    if resume.resume_at > 0 && !config.topics.state.is_empty() {
+        let open = Arc::new(restored.open_alerts);
+        topology.lifecycle.resumed = Some(ResumedAlerts { at: resume.resume_at, open });
+    }
     let dataflow_index = worker.next_dataflow_index();
     let (mut feeds, mut announce_in, probe, graph_trace) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
@@ -246,11 +293,20 @@ fn run_worker(
             indicators: indicators_in,
             history: history_in,
             remembered: BTreeMap::new(),
+            learned: Vec::new(),
         };
         (feeds, announce_in, probe, graph_trace)
     });
     // Only the API keeps a handle on the graph's trace (and so its history within the retention).
-    let mut graph_shard: Option<GraphShard> = api.map(|api| api.attach(index, graph_trace));
+    let mut graph_shard: Option<GraphShard> = api.map(|api| api.attach(index, graph_trace, resume.resume_at));
+
+    feeds.restore(&restored.history, &config.time);
+    if let Some(store) = history_store.as_mut() {
+        restored.history.iter().for_each(|entry| store.adopt_loaded(entry));
+    }
+    drop(restored.history);
+    let started = Instant::now();
+    let mut replaying = resume.resume_at > 0;
 
     let tick = config.time.tick_ms();
     // The reference topics are read whole by worker 0; the dataflow spreads them by key.
@@ -277,7 +333,7 @@ fn run_worker(
         }
     }
     let mut batch = EdgeBatch::new();
-    let mut report = RunReport::default();
+    let mut report = RunReport { resumed_at: resume.resume_at, ..RunReport::default() };
     let mut announced_finish = false;
     let mut last_frontier = None;
     loop {
@@ -301,6 +357,13 @@ fn run_worker(
         let updates = feeds.window(&mut batch, &config.time);
         report.edge_updates += updates;
         metrics.edge_updates.inc_by(updates);
+        if let Some(store) = history_store.as_mut() {
+            for entry in feeds.learned.drain(..) {
+                store.remember(&entry)?;
+            }
+        } else {
+            feeds.learned.clear();
+        }
 
         let watermark = source.watermark(Instant::now(), announced.get());
         if watermark > floor {
@@ -309,6 +372,9 @@ fn run_worker(
             announce_in.advance_to(watermark);
         }
         feeds.flush();
+        if let Some(store) = history_store.as_mut() {
+            store.expire(feeds.time())?;
+        }
 
         if config.run.stop_at_end && !announced_finish && source.at_end() {
             let end = source.max_epoch().map_or(0, |e| e + tick);
@@ -328,6 +394,16 @@ fn run_worker(
             if let Some(f) = frontier {
                 metrics.output_frontier_ms.set(f as i64);
                 report.output_frontier = f;
+            }
+            if replaying && frontier.is_none_or(|f| f >= resume.resume_at) {
+                replaying = false;
+                let took = started.elapsed();
+                metrics.restart_replay_ms.set(took.as_millis() as i64);
+                tracing::info!(worker = index, resume_at = resume.resume_at, ?took, "replay done: output resumes");
+            }
+            // The history records of the committed flows are durable before their offsets are.
+            if let Some(store) = history_store.as_mut() {
+                store.flush()?;
             }
             source.commit_passed(frontier, CommitMode::Async)?;
             last_frontier = frontier;
@@ -351,7 +427,23 @@ fn run_worker(
         }
     }
 
+    if !config.run.stop_at_end {
+        // Let the output catch up with what was read, so that the final checkpoint covers what
+        // the sinks produced and a clean restart emits none of it again.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut last = probe.with_frontier(|f| f.first().copied());
+        let mut steady = 0;
+        while steady < 10 && Instant::now() < deadline {
+            worker.step_or_park(Some(Duration::from_millis(20)));
+            let now = probe.with_frontier(|f| f.first().copied());
+            steady = if now == last { steady + 1 } else { 0 };
+            last = now;
+        }
+    }
     let frontier = probe.with_frontier(|f| f.first().copied());
+    if let Some(store) = history_store.as_mut() {
+        store.flush()?;
+    }
     source.commit_passed(frontier, CommitMode::Sync)?;
     if let Some(error) = sink_error.borrow_mut().take() {
         return Err(error.into());

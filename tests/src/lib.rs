@@ -28,6 +28,7 @@ pub fn config(test: &str) -> Config {
     config.topics.service_graph = format!("{prefix}.service-graph");
     config.topics.assets = format!("{prefix}.assets");
     config.topics.indicators = format!("{prefix}.indicators");
+    config.topics.state = format!("{prefix}.state");
     config.input.group_id = format!("{prefix}.pipeline");
     config.connect.group_id = format!("{prefix}.connect");
     config.metrics.listen = String::new();

@@ -9,6 +9,9 @@
 //! Synthetic traffic: `edges` distinct entity edges (pods of 100-replica-ish workloads talking to
 //! shared backends), each active in a tick with probability 1/4; a 60-tick window; every detector
 //! of the default configuration enabled.
+//!
+//! With `PEERGRAPH_BENCH_OPERATORS=N` set, worker 0 also prints the N operators that took the most
+//! time (timely's scheduling log), to say where a tick's cost goes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -60,6 +63,57 @@ fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig) -> Inst
     })
 }
 
+/// Time spent per operator, from timely's `Schedule` start / stop events, with the operators' names.
+#[derive(Default)]
+struct OperatorTimes {
+    names: std::collections::HashMap<usize, (Vec<usize>, String)>,
+    started: std::collections::HashMap<usize, Duration>,
+    spent: std::collections::HashMap<usize, Duration>,
+}
+
+impl OperatorTimes {
+    /// Starts recording on `worker`; read the result after the run.
+    fn record(worker: &mut timely::worker::Worker) -> std::rc::Rc<std::cell::RefCell<OperatorTimes>> {
+        use timely::logging::{StartStop, TimelyEvent, TimelyEventBuilder};
+        let times = std::rc::Rc::new(std::cell::RefCell::new(OperatorTimes::default()));
+        let sink = times.clone();
+        worker.log_register().expect("timely logging").insert::<TimelyEventBuilder, _>("timely", move |_, events| {
+            let Some(events) = events else { return };
+            let mut times = sink.borrow_mut();
+            for (at, event) in events.iter() {
+                match event {
+                    TimelyEvent::Operates(op) => {
+                        times.names.insert(op.id, (op.addr.clone(), op.name.clone()));
+                    }
+                    TimelyEvent::Schedule(s) => match s.start_stop {
+                        StartStop::Start => {
+                            times.started.insert(s.id, *at);
+                        }
+                        StartStop::Stop => {
+                            if let Some(from) = times.started.remove(&s.id) {
+                                *times.spent.entry(s.id).or_default() += at.saturating_sub(from);
+                            }
+                        }
+                    },
+                    _ => {}
+                }
+            }
+        });
+        times
+    }
+
+    /// The `top` operators by time spent, innermost first (a scope's time includes its children's).
+    fn print(&self, top: usize) {
+        let mut spent: Vec<_> = self.spent.iter().collect();
+        spent.sort_by(|a, b| b.1.cmp(a.1));
+        println!("worker 0, time per operator (a scope includes its children):");
+        for (id, time) in spent.into_iter().take(top) {
+            let (addr, name) = self.names.get(id).cloned().unwrap_or_default();
+            println!("  {:>9.1} ms  {name} {addr:?} (id {id})", time.as_secs_f64() * 1e3);
+        }
+    }
+}
+
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -90,6 +144,7 @@ fn main() {
     let mut config = TopologyConfig::default();
     config.time.window = Duration::from_millis(WINDOW_TICKS * TICK);
     let config = Arc::new(config);
+    let profile_top: usize = std::env::var("PEERGRAPH_BENCH_OPERATORS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     let results = Arc::new(Mutex::new(Vec::new()));
     let rss_before = rss_bytes();
 
@@ -99,6 +154,7 @@ fn main() {
         let peers = worker.peers();
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
         let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
+        let operator_times = (index == 0 && profile_top > 0).then(|| OperatorTimes::record(worker));
         let (mut contacts, probe, trace) = install(worker, &config2);
         // Without a retention the trace handle is dropped here and the graph keeps no history.
         let mut history = retention.map(|r| GraphHistory::new(trace, r * TICK, TICK));
@@ -176,6 +232,10 @@ fn main() {
             worker.step_while(|| probe.less_than(contacts.time()));
         }
         let churn_tick = started.elapsed() / 10;
+        if let Some(times) = operator_times {
+            worker.log_register().expect("timely logging").remove("timely");
+            times.borrow().print(profile_top);
+        }
 
         drop(history);
         results2.lock().unwrap().push((index, flows, updates, load, churn_tick, live.len(), rss_loaded, held));

@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 
+use differential_dataflow::difference::Semigroup;
 use differential_dataflow::{Hashable, VecCollection};
 use peergraph_schemas::{EdgeLevel, GraphEdge};
 use serde::{Deserialize, Serialize};
@@ -77,16 +78,19 @@ pub fn service_graph<'s>(
             ((EdgeLevel::Workload, workload.src, workload.dst, workload.dst_port, workload.protocol), epoch),
         ]
     });
-    // Volumes: the consolidated differences per key. Times: the least and greatest epoch present.
-    let volumes = keyed.clone().map(|(key, _)| key).count();
-    let seen = keyed.distinct().reduce(|_key, epochs, output| {
-        if let (Some(first), Some(last)) = (epochs.first(), epochs.last()) {
-            output.push(((*first.0, *last.0), 1));
+    // One reduce per key over its epochs in the window: the volume is the sum of the epochs'
+    // consolidated differences, first and last seen the least and greatest epoch with flows.
+    // (Epochs whose contacts all left the window have consolidated away.)
+    keyed.reduce(|_key, epochs: &[(&Epoch, Volume)], output| {
+        let mut volume = Volume::default();
+        for (_, contribution) in epochs {
+            volume.plus_equals(contribution);
         }
-    });
-    volumes
-        .join(seen)
-        .map(|(key, (volume, (first_seen, last_seen)))| (key, EdgeState { volume, first_seen, last_seen }))
+        let with_flows = || epochs.iter().filter(|(_, contribution)| contribution.flows > 0).map(|(epoch, _)| **epoch);
+        if let (Some(first_seen), Some(last_seen)) = (with_flows().next(), with_flows().next_back()) {
+            output.push((EdgeState { volume, first_seen, last_seen }, 1));
+        }
+    })
 }
 
 /// One epoch's graph updates, not yet closed, with the capability to emit its changes.

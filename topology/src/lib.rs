@@ -22,7 +22,7 @@ pub use detectors::{DetectorInputs, DetectorsConfig, Finding, Indicator};
 pub use entity::{Endpoint, EntityResolver, ResolverConfig};
 pub use graph::{Edge, EdgeState, GraphKey, WorkloadEdge};
 pub use graph_history::{AsOfError, GraphArrangement, GraphFilter, GraphHistory, GraphTrace};
-pub use lifecycle::LifecycleConfig;
+pub use lifecycle::{LifecycleConfig, ResumedAlerts};
 pub use time::{Epoch, TimeConfig};
 pub use topology::{build, Inputs, Outputs, TopologyConfig};
 pub use volume::Volume;

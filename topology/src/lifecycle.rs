@@ -6,6 +6,7 @@
 //! (hysteresis) and a minimum interval between updates.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 use differential_dataflow::VecCollection;
@@ -43,7 +44,35 @@ pub struct LifecycleConfig {
     /// the latest evidence is sent when the interval has passed (e.g. "1m").
     #[serde(with = "humantime_serde")]
     pub min_update_interval: Duration,
+    /// The earliest epoch a previous run of the pipeline observed, restored on restart so the
+    /// learning period is not started again. Set by the pipeline, not by configuration.
+    #[serde(skip)]
+    pub observed_since: Option<Epoch>,
+    /// After a restart: what was announced before it. Set by the pipeline, not by configuration.
+    #[serde(skip)]
+    pub resumed: Option<ResumedAlerts>,
 }
+
+/// What a restarted pipeline knows of the alerts it announced before the restart: from epoch
+/// `at` on it emits again, and `open` holds the last event of every alert not cleared then. The
+/// replay before `at` rebuilds the lifecycle's state silently, but it cannot know when an old
+/// alert was last announced or with what evidence; at `at` the lifecycle takes that from here,
+/// so its next update, clear or raise is the one a run without the restart would have emitted.
+#[derive(Clone, Debug, Default)]
+pub struct ResumedAlerts {
+    pub at: Epoch,
+    /// By alert id.
+    pub open: Arc<BTreeMap<String, Alert>>,
+}
+
+impl PartialEq for ResumedAlerts {
+    fn eq(&self, other: &Self) -> bool {
+        self.at == other.at && self.open == other.open
+    }
+}
+
+// Alert scores are finite.
+impl Eq for ResumedAlerts {}
 
 impl Default for LifecycleConfig {
     fn default() -> Self {
@@ -52,6 +81,8 @@ impl Default for LifecycleConfig {
             min_duration: Duration::ZERO,
             clear_after: Duration::ZERO,
             min_update_interval: Duration::from_secs(60),
+            observed_since: None,
+            resumed: None,
         }
     }
 }
@@ -63,6 +94,8 @@ pub struct Timings {
     pub min_duration: u64,
     pub clear_after: u64,
     pub min_update_interval: u64,
+    /// Observation start restored from a previous run (see [`LifecycleConfig::observed_since`]).
+    pub observed_since: Option<Epoch>,
 }
 
 impl Timings {
@@ -73,6 +106,7 @@ impl Timings {
             min_duration: ms(config.min_duration),
             clear_after: ms(config.clear_after),
             min_update_interval: ms(config.min_update_interval),
+            observed_since: config.observed_since,
         }
     }
 }
@@ -139,7 +173,10 @@ pub fn alert_lifecycle<'s>(
     findings: VecCollection<'s, Epoch, Finding>,
     observed: Stream<'s, Epoch, Vec<Epoch>>,
     timings: Timings,
+    resumed: Option<ResumedAlerts>,
 ) -> Stream<'s, Epoch, Vec<Alert>> {
+    let (worker, workers) = (findings.scope().index(), findings.scope().peers());
+    let mut resumed = resumed;
     let route = Exchange::new(|update: &(Finding, Epoch, isize)| route_of(&update.0.alert_id));
     findings.inner.binary_frontier::<_, CapacityContainerBuilder<Vec<Alert>>, _, _, _, _>(
         observed,
@@ -151,7 +188,7 @@ pub fn alert_lifecycle<'s>(
             // A capability for every epoch some alert is due to be looked at again.
             let mut timers: BTreeMap<Epoch, Capability<Epoch>> = BTreeMap::new();
             let mut state = Lifecycle { timings, ..Lifecycle::default() };
-            let mut observed_from: Option<Epoch> = None;
+            let mut observed_from: Option<Epoch> = timings.observed_since;
             move |(input, frontier), (starts, starts_frontier), output| {
                 input.for_each(|cap, updates| {
                     for (finding, time, diff) in updates.drain(..) {
@@ -176,6 +213,10 @@ pub fn alert_lifecycle<'s>(
                     let Some(time) = next_data.into_iter().chain(next_timer).min() else { break };
                     if !closed(&time) {
                         break;
+                    }
+                    if let Some(resumed) = resumed.take_if(|r| time >= r.at) {
+                        let mine = |id: &str| route_of(id) % workers as u64 == worker as u64;
+                        state.resume(&resumed, time, mine);
                     }
                     let mut events = Vec::new();
                     let mut caps = Vec::new();
@@ -204,6 +245,43 @@ pub fn alert_lifecycle<'s>(
 impl Lifecycle {
     fn schedule(&mut self, at: Epoch, alert_id: &str) {
         self.due.entry(at).or_default().insert(alert_id.to_owned());
+    }
+
+    /// Takes what was announced before a restart (see [`ResumedAlerts`]) over what the replay
+    /// believes it announced, for the alerts this worker owns (`mine`), before epoch `time`.
+    fn resume(&mut self, resumed: &ResumedAlerts, time: Epoch, mine: impl Fn(&str) -> bool) {
+        for (id, alert) in self.alerts.iter_mut() {
+            match resumed.open.get(id) {
+                Some(said) => {
+                    // The finding as announced: the current one if it says the same, else one
+                    // rebuilt from the alert (which differs from every current finding).
+                    let at = said.event_time_ms.max(0) as Epoch;
+                    let same = |f: &&Finding| {
+                        to_alert(f, said.event, said.first_seen_ms as Epoch, said.last_seen_ms as Epoch, at) == *said
+                    };
+                    let finding = alert.current().filter(same).cloned().unwrap_or_else(|| finding_of(said));
+                    alert.announced = Some((finding, at));
+                    alert.first_seen = said.first_seen_ms.max(0) as Epoch;
+                }
+                // Not announced before the restart (or already cleared): only the replay raised it.
+                None => alert.announced = None,
+            }
+            self.due.entry(time).or_default().insert(id.clone());
+        }
+        let gone: Vec<(&String, &Alert)> =
+            resumed.open.iter().filter(|(id, _)| mine(id) && !self.alerts.contains_key(*id)).collect();
+        for (id, said) in gone {
+            // Open before the restart, but its finding is gone: it is cleared (after `clear_after`).
+            let state = AlertState {
+                findings: BTreeMap::new(),
+                first_seen: said.first_seen_ms.max(0) as Epoch,
+                last_seen: said.last_seen_ms.max(0) as Epoch,
+                announced: Some((finding_of(said), said.event_time_ms.max(0) as Epoch)),
+                gone_since: Some(time),
+            };
+            self.alerts.insert(id.clone(), state);
+            self.due.entry(time).or_default().insert(id.clone());
+        }
     }
 
     /// When a raise may be emitted for a finding that appeared at `time`.
@@ -311,6 +389,21 @@ impl Lifecycle {
     }
 }
 
+/// The finding an alert event announced, as far as the event tells (the key is not in it).
+fn finding_of(alert: &Alert) -> Finding {
+    Finding {
+        alert_id: alert.alert_id.clone(),
+        detector: alert.detector.clone(),
+        entity: alert.entity.clone(),
+        key: String::new(),
+        peer_group: alert.peer_group.clone(),
+        score: alert.score.clamp(0.0, 100.0) as u8,
+        summary: alert.summary.clone(),
+        evidence: alert.evidence.clone().into_iter().collect(),
+        techniques: alert.techniques.clone(),
+    }
+}
+
 fn to_alert(finding: &Finding, event: AlertEvent, first_seen: Epoch, last_seen: Epoch, time: Epoch) -> Alert {
     let score = f64::from(finding.score);
     Alert {
@@ -373,6 +466,55 @@ mod tests {
 
     fn kinds(events: &[Alert]) -> Vec<AlertEvent> {
         events.iter().map(|e| e.event).collect()
+    }
+
+    /// The events a lifecycle emits from `resumed.at` on, after replaying `replay` silently.
+    fn after_resume(
+        timings: Timings,
+        replay: Vec<(Epoch, Vec<(Finding, isize)>)>,
+        resumed: &ResumedAlerts,
+        then: Vec<(Epoch, Vec<(Finding, isize)>)>,
+    ) -> Vec<Alert> {
+        let mut state = lifecycle(timings);
+        for (time, updates) in replay {
+            step(&mut state, time, updates);
+        }
+        state.resume(resumed, resumed.at, |_| true);
+        let mut events = tick(&mut state, resumed.at);
+        for (time, updates) in then {
+            events.extend(step(&mut state, time, updates));
+            events.extend(tick(&mut state, time));
+        }
+        events
+    }
+
+    #[test]
+    fn after_a_restart_the_lifecycle_continues_from_what_was_announced() {
+        let timings = Timings { min_update_interval: 10_000, ..Timings::default() };
+        let (old, new) = (finding("a", "x", 60), finding("a", "x", 65));
+        // Before the restart: raised at 1000 with `old`, never updated. The replay starts later and
+        // sees `new` from 20000: it would raise (silently) at 20000 and update only from 30000.
+        let announced = to_alert(&old, AlertEvent::Raised, 1000, 1000, 1000);
+        let open = Arc::new(BTreeMap::from([(old.alert_id.clone(), announced)]));
+        let resumed = ResumedAlerts { at: 25_000, open };
+        let replay = vec![(20_000, vec![(new.clone(), 1)])];
+        let events = after_resume(timings, replay.clone(), &resumed, vec![]);
+        assert_eq!(kinds(&events), vec![AlertEvent::Updated], "the update was due since 11000: {events:?}");
+        assert_eq!((events[0].event_time_ms, events[0].first_seen_ms, events[0].score), (25_000, 1000, 65.0));
+
+        // What was announced is what the replay found: nothing to say.
+        let same = to_alert(&new, AlertEvent::Updated, 1000, 19_000, 19_000);
+        let resumed_same = ResumedAlerts { at: 25_000, open: Arc::new(BTreeMap::from([(new.alert_id.clone(), same)])) };
+        assert!(after_resume(timings, replay.clone(), &resumed_same, vec![]).is_empty());
+
+        // Not announced before the restart: the replay's silent raise is not taken for one.
+        let nothing = ResumedAlerts { at: 25_000, open: Arc::default() };
+        assert_eq!(kinds(&after_resume(timings, replay, &nothing, vec![])), vec![AlertEvent::Raised]);
+
+        // Open before the restart, its finding gone during it: cleared, with what was announced.
+        let events = after_resume(timings, vec![], &resumed, vec![]);
+        assert_eq!(kinds(&events), vec![AlertEvent::Cleared]);
+        assert_eq!((events[0].score, events[0].first_seen_ms), (60.0, 1000));
     }
 
     #[test]

@@ -72,7 +72,7 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     Outputs {
         graph_changes: graph_changes(graph_updates(graph.clone()), config.time.window_ms()),
         graph,
-        alerts: alert_lifecycle(findings.clone(), observed, timings),
+        alerts: alert_lifecycle(findings.clone(), observed, timings, config.lifecycle.resumed.clone()),
         findings,
     }
 }

@@ -4,6 +4,7 @@
 pub mod output;
 pub mod reference;
 pub mod source;
+pub mod state;
 
 use std::time::{Duration, Instant};
 
@@ -28,6 +29,8 @@ pub enum KafkaError {
     Encode { topic: String, reason: String },
     #[error("{failed} deliveries to {topic} failed; stopping so that their flows are replayed")]
     Delivery { topic: String, failed: u64 },
+    #[error("cannot load the pipeline state from {topic}: {reason}")]
+    State { topic: String, reason: String },
     #[error("Kafka client error ({context}): {source}")]
     Client { context: String, source: rdkafka::error::KafkaError },
 }
@@ -123,7 +126,7 @@ fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
-/// Creates the flows, alerts and dead-letter topics if they are missing.
+/// Creates the flows, alerts, dead-letter, reference and state topics if they are missing.
 pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), KafkaError> {
     if !topics.create {
         return Ok(());
@@ -131,18 +134,30 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
     let admin: AdminClient<DefaultClientContext> = client_config(kafka)
         .create()
         .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
-    let names: Vec<&str> =
-        [&topics.flows, &topics.alerts, &topics.service_graph, &topics.assets, &topics.indicators, &topics.dead_letter]
-            .into_iter()
-            .map(String::as_str)
-            .filter(|t| !t.is_empty())
-            .collect();
+    let names: Vec<&str> = [
+        &topics.flows,
+        &topics.alerts,
+        &topics.service_graph,
+        &topics.assets,
+        &topics.indicators,
+        &topics.dead_letter,
+        &topics.state,
+    ]
+    .into_iter()
+    .map(String::as_str)
+    .filter(|t| !t.is_empty())
+    .collect();
     let new: Vec<NewTopic> = names
         .iter()
         .map(|name| {
             let topic = NewTopic::new(name, topics.partitions, TopicReplication::Fixed(topics.replication_factor));
-            // Changelogs and reference topics keep each key's latest record.
-            if *name == topics.service_graph || *name == topics.assets || *name == topics.indicators {
+            // Changelogs and reference topics keep each key's latest record; so does the state
+            // topic, whose records live until their tombstones. Its segments roll hourly (not
+            // weekly), so compaction soon drops what the history's time to live has let go.
+            let compacted = [&topics.service_graph, &topics.assets, &topics.indicators, &topics.state];
+            if *name == topics.state {
+                topic.set("cleanup.policy", "compact").set("segment.ms", "3600000")
+            } else if compacted.iter().any(|c| c.as_str() == *name) {
                 topic.set("cleanup.policy", "compact")
             } else {
                 topic

@@ -46,10 +46,15 @@ impl ProducerContext for DeliveryWatch {
 pub trait Output: Record {
     /// The Kafka message key.
     fn key(&self) -> String;
-    /// The message timestamp (event time, ms).
+    /// The message timestamp: the event time (ms) of the epoch that produced the record.
     fn event_time_ms(&self) -> i64;
     /// Counts one produced record.
     fn count(&self, metrics: &Metrics);
+    /// The state-topic record that remembers this output across a restart, if any: (key,
+    /// value or tombstone).
+    fn state_record(&self) -> Option<(String, Option<Vec<u8>>)> {
+        None
+    }
 }
 
 impl Output for Alert {
@@ -61,6 +66,9 @@ impl Output for Alert {
     }
     fn count(&self, metrics: &Metrics) {
         metrics.alert_produced(&format!("{:?}", self.event).to_lowercase());
+    }
+    fn state_record(&self) -> Option<(String, Option<Vec<u8>>)> {
+        Some(super::state::open_alert_record(self))
     }
 }
 
@@ -88,6 +96,12 @@ pub struct RecordSink<T: Output> {
     pub stopping: Rc<Cell<bool>>,
     /// The first error the sink met; the worker loop stops on it.
     pub error: Rc<RefCell<Option<KafkaError>>>,
+    /// After a restart: records for epochs below this were produced before it, and the replay
+    /// that recomputes them does not produce them again.
+    pub resume_at: Epoch,
+    /// The state topic, where the records' [`Output::state_record`]s go (empty: nowhere). They
+    /// are produced and flushed with the records themselves.
+    pub state_topic: String,
 }
 
 impl<T: Output> RecordSink<T> {
@@ -109,7 +123,17 @@ impl<T: Output> RecordSink<T> {
             .set("linger.ms", "5")
             .create_with_context(context)
             .map_err(|source| KafkaError::Client { context: format!("creating the producer for {topic}"), source })?;
-        Ok(RecordSink { producer, failed, topic: topic.to_owned(), encoder, metrics, stopping, error })
+        Ok(RecordSink {
+            producer,
+            failed,
+            topic: topic.to_owned(),
+            encoder,
+            metrics,
+            stopping,
+            error,
+            resume_at: 0,
+            state_topic: String::new(),
+        })
     }
 
     fn produce(&self, output: &T, buffer: &mut Vec<u8>) -> Result<(), KafkaError> {
@@ -118,10 +142,22 @@ impl<T: Output> RecordSink<T> {
             .encode(output, buffer)
             .map_err(|e| KafkaError::Encode { topic: self.topic.clone(), reason: e.to_string() })?;
         let key = output.key();
-        let mut record = BaseRecord::to(&self.topic)
+        let record = BaseRecord::to(&self.topic)
             .key(key.as_bytes())
             .payload(buffer.as_slice())
             .timestamp(output.event_time_ms());
+        self.send(record)?;
+        if let Some((key, value)) = output.state_record().filter(|_| !self.state_topic.is_empty()) {
+            let mut record = BaseRecord::to(&self.state_topic).key(key.as_bytes());
+            if let Some(value) = &value {
+                record = record.payload(value.as_slice());
+            }
+            self.send(record)?;
+        }
+        Ok(())
+    }
+
+    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => return Ok(()),
@@ -129,8 +165,8 @@ impl<T: Output> RecordSink<T> {
                     record = r;
                     std::thread::sleep(Duration::from_millis(5));
                 }
-                Err((source, _)) => {
-                    return Err(KafkaError::Client { context: format!("producing to {}", self.topic), source })
+                Err((source, r)) => {
+                    return Err(KafkaError::Client { context: format!("producing to {}", r.topic), source })
                 }
             }
         }
@@ -162,6 +198,11 @@ pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSi
                     return;
                 }
                 for record in batch.drain(..) {
+                    // Each record carries the epoch that produced it as its event time.
+                    if (record.event_time_ms().max(0) as Epoch) < sink.resume_at {
+                        sink.metrics.outputs_suppressed.inc();
+                        continue;
+                    }
                     match sink.produce(&record, &mut buffer) {
                         Ok(()) => {
                             produced += 1;

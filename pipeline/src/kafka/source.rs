@@ -1,7 +1,9 @@
 //! The flow source, one per timely worker: it owns the Kafka partitions assigned to its worker,
 //! decodes and validates each poll batch, assigns event-time epochs, decides lateness per
 //! partition (so a replay of the same offsets gives the same result), pre-aggregates the batch
-//! per (edge, epoch), and commits offsets only once the dataflow's output has passed them.
+//! per (edge, epoch), and commits offsets only once the dataflow's output has passed them. Each
+//! commit carries a [`Checkpoint`]; on restart the source replays from the checkpoint's offset
+//! with the partition watermark it had there, so the window is rebuilt exactly.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -17,6 +19,7 @@ use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::state::{Checkpoint, Resume};
 use super::KafkaError;
 use crate::config::{Config, LatePolicy};
 use crate::metrics::Metrics;
@@ -35,11 +38,58 @@ struct PartitionClock {
     next_offset: i64,
     /// With `stop_at_end`: the partition's end offset when the run started.
     end_offset: Option<i64>,
+    /// The offset committed for the partition: at start, the previous run's position (messages
+    /// below it are a replay); then the latest commit.
+    committed: i64,
+    /// The poll batches read since the oldest one whose records may still matter on a restart.
+    segments: VecDeque<Segment>,
+}
+
+/// The part of one poll batch that came from one partition.
+#[derive(Clone, Copy, Debug)]
+struct Segment {
+    from_offset: i64,
+    until_offset: i64,
+    /// The partition's greatest epoch before the segment (its watermark there).
+    max_before: Option<Epoch>,
+    /// Greatest epoch of the segment's accepted records.
+    max_accepted: Option<Epoch>,
 }
 
 impl PartitionClock {
     fn finished(&self) -> bool {
         self.end_offset.is_some_and(|end| self.next_offset >= end)
+    }
+
+    /// Whether records are known to be waiting on the partition (a replay below the committed
+    /// position, or, with `stop_at_end`, anything below the end offset): such a partition is
+    /// slow to be read, not idle, and keeps holding the frontier back.
+    fn waiting(&self) -> bool {
+        self.next_offset < self.committed || self.end_offset.is_some_and(|end| self.next_offset < end)
+    }
+
+    /// The checkpoint to commit with the partition's position: segments whose accepted records
+    /// all lie at or before `threshold` (and that are committed) are no longer needed, and the
+    /// replay starts at the oldest one that is.
+    fn checkpoint(
+        &mut self,
+        threshold: Epoch,
+        resume_at: Epoch,
+        observed_since: Option<Epoch>,
+        workers: usize,
+    ) -> Checkpoint {
+        while let Some(front) = self.segments.front() {
+            let stale = front.max_accepted.is_none_or(|m| m <= threshold) && front.until_offset <= self.committed;
+            if !stale {
+                break;
+            }
+            self.segments.pop_front();
+        }
+        let (replay_from, max_epoch) = match self.segments.front() {
+            Some(front) => (front.from_offset.min(self.committed), front.max_before),
+            None => (self.next_offset.min(self.committed), self.max_epoch),
+        };
+        Checkpoint { resume_at, replay_from, max_epoch, observed_since, workers }
     }
 }
 
@@ -54,6 +104,13 @@ pub struct FlowSource {
     consumer: BaseConsumer,
     intake: Intake,
     pending: VecDeque<PendingCommit>,
+    /// Where emission resumes after a restart (0 on a first start).
+    resume: Resume,
+    /// How far before the resume point a restart replays (event time, ms).
+    replay_horizon_ms: u64,
+    workers: usize,
+    /// The resume point of the last commit, and when it was made.
+    last_checkpoint: Option<(Epoch, Instant)>,
 }
 
 /// Everything but the consumer: what turns one message into an edge update.
@@ -81,6 +138,8 @@ struct Intake {
     max_future_ms: i64,
     max_flow_bytes: i64,
     destinations: DestinationCap,
+    /// Earliest epoch of an accepted flow (or restored from the checkpoints).
+    observed_since: Option<Epoch>,
 }
 
 /// Distinct destinations per source entity in the window, up to a cap. Entries older than the
@@ -121,12 +180,16 @@ impl DestinationCap {
 }
 
 impl FlowSource {
-    /// Opens a consumer for `partitions` of the flows topic, resuming from the group's committed
-    /// offsets (or the earliest offset when there are none).
+    /// Opens a consumer for `partitions` of the flows topic (of `all_partitions`, read by
+    /// `workers` workers). It resumes from the group's committed offsets (or the earliest offset
+    /// when there are none); when they carry a [`Checkpoint`], it first replays from the
+    /// checkpoint's offset, and [`FlowSource::resume`] tells from which epoch output is new.
     pub fn open(
         config: &Config,
         client: &ClientConfig,
         partitions: Vec<i32>,
+        all_partitions: i32,
+        workers: usize,
         adapter: Adapter,
         metrics: Arc<Metrics>,
     ) -> Result<FlowSource, KafkaError> {
@@ -141,34 +204,77 @@ impl FlowSource {
             .create()
             .map_err(|source| KafkaError::Client { context: "creating flow consumer".into(), source })?;
 
-        let mut assignment = TopicPartitionList::new();
-        for &p in &partitions {
-            assignment
+        // Every partition's checkpoint: the resume point and observation start are cluster-wide.
+        let mut everything = TopicPartitionList::new();
+        for p in 0..all_partitions {
+            everything
                 .add_partition_offset(&topic, p, Offset::Stored)
                 .map_err(|source| KafkaError::Client { context: format!("assigning partition {p}"), source })?;
         }
         let timeout = Duration::from_secs(10);
         let committed = super::retry_transient(&config.kafka, "reading committed offsets", || {
-            consumer.committed_offsets(assignment.clone(), timeout)
+            consumer.committed_offsets(everything.clone(), timeout)
         })?;
-        consumer
-            .assign(&assignment)
-            .map_err(|source| KafkaError::Client { context: "assigning flow partitions".into(), source })?;
+        let mut checkpoints: BTreeMap<i32, Option<Checkpoint>> = BTreeMap::new();
+        let mut positions: BTreeMap<i32, i64> = BTreeMap::new();
+        for element in committed.elements_for_topic(&topic) {
+            checkpoints.insert(element.partition(), Checkpoint::decode(element.metadata()));
+            if let Offset::Offset(o) = element.offset() {
+                positions.insert(element.partition(), o);
+            }
+        }
+        let resume = Resume::of(&checkpoints, &partitions, workers);
 
         let now = Instant::now();
         let mut clocks = BTreeMap::new();
+        let mut assignment = TopicPartitionList::new();
         for &p in &partitions {
             let (low, high) = consumer.fetch_watermarks(&topic, p, timeout).map_err(|source| KafkaError::Client {
                 context: format!("reading watermarks of partition {p}"),
                 source,
             })?;
-            let next_offset = match committed.find_partition(&topic, p).map(|e| e.offset()) {
-                Some(Offset::Offset(o)) => o.max(low),
-                _ => low,
+            let committed = positions.get(&p).copied().unwrap_or(low).max(low);
+            let checkpoint = checkpoints.get(&p).cloned().flatten();
+            // Replay from the checkpoint (never past the committed position, never before the
+            // log start), with the watermark the partition had there.
+            let (next_offset, max_epoch) = match &checkpoint {
+                Some(c) => (c.replay_from.clamp(low, committed), c.max_epoch),
+                None => (committed, None),
             };
+            assignment
+                .add_partition_offset(&topic, p, Offset::Offset(next_offset))
+                .map_err(|source| KafkaError::Client { context: format!("assigning partition {p}"), source })?;
             let end_offset = config.run.stop_at_end.then_some(high);
-            clocks.insert(p, PartitionClock { max_epoch: None, last_message: now, next_offset, end_offset });
-            tracing::info!(topic, partition = p, from_offset = next_offset, end_offset = high, "reading partition");
+            clocks.insert(
+                p,
+                PartitionClock {
+                    max_epoch,
+                    last_message: now,
+                    next_offset,
+                    end_offset,
+                    committed,
+                    segments: VecDeque::new(),
+                },
+            );
+            tracing::info!(
+                topic,
+                partition = p,
+                from_offset = next_offset,
+                committed_offset = committed,
+                end_offset = high,
+                "reading partition"
+            );
+        }
+        consumer
+            .assign(&assignment)
+            .map_err(|source| KafkaError::Client { context: "assigning flow partitions".into(), source })?;
+        if resume.resume_at > 0 {
+            metrics.resume_epoch_ms.set(resume.resume_at as i64);
+            tracing::info!(
+                resume_at = resume.resume_at,
+                observed_since = ?resume.observed_since,
+                "restarting: replaying silently up to the resume point"
+            );
         }
 
         let dead_letter = if config.topics.dead_letter.is_empty() {
@@ -202,8 +308,22 @@ impl FlowSource {
                 last_sweep: 0,
                 seen: HashMap::new(),
             },
+            observed_since: resume.observed_since,
         };
-        Ok(FlowSource { consumer, intake, pending: VecDeque::new() })
+        Ok(FlowSource {
+            consumer,
+            intake,
+            pending: VecDeque::new(),
+            resume,
+            replay_horizon_ms: config.replay_horizon_ms(),
+            workers,
+            last_checkpoint: None,
+        })
+    }
+
+    /// Where output resumes: nothing is to be produced for epochs below `resume_at`.
+    pub fn resume(&self) -> Resume {
+        self.resume
     }
 
     /// Reads up to one batch of messages into `batch`. `floor` is the worker's current input time:
@@ -215,6 +335,7 @@ impl FlowSource {
         let mut read = 0;
         let mut max_epoch: Option<Epoch> = None;
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
+        let mut segments: BTreeMap<i32, Segment> = BTreeMap::new();
         while read < self.intake.max_batch {
             let message = match self.consumer.poll(Duration::ZERO) {
                 None => break,
@@ -227,8 +348,25 @@ impl FlowSource {
             read += 1;
             let (partition, offset) = (message.partition(), message.offset());
             offsets.insert(partition, offset + 1);
+            let Some(clock) = self.intake.partitions.get(&partition) else { continue };
+            if offset < clock.committed {
+                self.intake.metrics.replayed_messages.inc();
+            }
+            let segment = segments.entry(partition).or_insert(Segment {
+                from_offset: offset,
+                until_offset: offset,
+                max_before: clock.max_epoch,
+                max_accepted: None,
+            });
+            segment.until_offset = offset + 1;
             if let Some(epoch) = self.intake.accept(&message, floor, now, batch)? {
                 max_epoch = max_epoch.max(Some(epoch));
+                segment.max_accepted = segment.max_accepted.max(Some(epoch));
+            }
+        }
+        for (partition, segment) in segments {
+            if let Some(clock) = self.intake.partitions.get_mut(&partition) {
+                clock.segments.push_back(segment);
             }
         }
         if read > 0 {
@@ -240,8 +378,9 @@ impl FlowSource {
     }
 
     /// This worker's event-time frontier: the least watermark over its partitions that still hold
-    /// it back. Idle partitions (no message for `idle_timeout`) and, with `stop_at_end`, finished
-    /// ones do not; when none does, the worker follows the furthest of its own partitions and of
+    /// it back. Idle partitions (no message for `idle_timeout`, and none known to be waiting: a
+    /// busy worker must not make a partition it has not read yet look idle, or a replay would
+    /// decide lateness differently) and, with `stop_at_end`, finished ones do not; when none does, the worker follows the furthest of its own partitions and of
     /// the watermarks other workers announced.
     pub fn watermark(&self, now: Instant, announced: Epoch) -> Epoch {
         let lateness = self.intake.time.lateness_ms();
@@ -250,7 +389,7 @@ impl FlowSource {
             .intake
             .partitions
             .values()
-            .filter(|c| !c.finished() && now.duration_since(c.last_message) < self.intake.idle_timeout)
+            .filter(|c| !c.finished() && (c.waiting() || now.duration_since(c.last_message) < self.intake.idle_timeout))
             .map(mark)
             .min();
         match holding {
@@ -274,8 +413,10 @@ impl FlowSource {
         self.intake.partitions.values().filter_map(|c| c.max_epoch).max()
     }
 
-    /// Commits the offsets of every batch whose records' epochs the output frontier has passed.
-    /// `frontier` is `None` once the output is complete.
+    /// Commits the offsets of every batch whose records' epochs the output frontier has passed,
+    /// each with the [`Checkpoint`] a restart resumes from. `frontier` is `None` once the output
+    /// is complete. A commit that would only move the checkpoint is made at most once a second,
+    /// except with `CommitMode::Sync` (at shutdown).
     pub fn commit_passed(&mut self, frontier: Option<Epoch>, mode: CommitMode) -> Result<(), KafkaError> {
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         while let Some(batch) = self.pending.front() {
@@ -289,18 +430,41 @@ impl FlowSource {
             let batch = self.pending.pop_front().expect("front exists");
             offsets.extend(batch.offsets);
         }
-        if offsets.is_empty() {
+        // Output below the previous resume point was emitted before the restart.
+        let resume_at = frontier.unwrap_or_else(|| self.max_epoch().map_or(0, |e| e + 1)).max(self.resume.resume_at);
+        let now = Instant::now();
+        let moved = match self.last_checkpoint {
+            None => true,
+            Some((at, when)) => {
+                at != resume_at
+                    && (matches!(mode, CommitMode::Sync) || now.duration_since(when) >= Duration::from_secs(1))
+            }
+        };
+        if offsets.is_empty() && !moved {
             return Ok(());
         }
         if let Some(dead_letter) = &self.intake.dead_letter {
             // What was dead-lettered must be durable before its offsets are committed.
             dead_letter.flush()?;
         }
+        let threshold = resume_at.saturating_sub(self.replay_horizon_ms);
         let mut list = TopicPartitionList::new();
-        for (partition, offset) in offsets {
-            list.add_partition_offset(&self.intake.topic, partition, Offset::Offset(offset))
+        for (&partition, clock) in self.intake.partitions.iter_mut() {
+            // A replayed batch never moves the committed position back.
+            if let Some(&offset) = offsets.get(&partition) {
+                clock.committed = clock.committed.max(offset);
+            }
+            let checkpoint = clock.checkpoint(threshold, resume_at, self.intake.observed_since, self.workers);
+            let mut element = list.add_partition(&self.intake.topic, partition);
+            element
+                .set_offset(Offset::Offset(clock.committed))
                 .map_err(|source| KafkaError::Client { context: "building commit".into(), source })?;
+            element.set_metadata(checkpoint.encode());
         }
+        if list.count() == 0 {
+            return Ok(());
+        }
+        self.last_checkpoint = Some((resume_at, now));
         match self.consumer.commit(&list, mode) {
             Ok(()) => {
                 self.intake.metrics.offset_commits.inc();
@@ -400,6 +564,7 @@ impl Intake {
         };
         batch.entry((edge, epoch)).or_default().plus_equals(&Volume::of_flow(&flow));
         self.metrics.flows_accepted.inc();
+        self.observed_since = Some(self.observed_since.map_or(epoch, |o| o.min(epoch)));
         Ok(Some(epoch))
     }
 
