@@ -20,7 +20,11 @@ pub type GraphTrace = TraceAgent<ValSpine<GraphKey, EdgeState, Epoch, isize>>;
 /// The service graph arranged by edge, for sharing between dataflows and for reads as of a time.
 pub type GraphArrangement<'s> = Arranged<'s, GraphTrace>;
 
-/// Arranges the graph by edge key, once, for everyone who reads it.
+/// Arranges the graph by edge key, once, for everyone who reads it. `service_graph`'s reduce keeps
+/// an output trace of the same shape, but holding *that* trace's compaction back would make the
+/// reduce re-read every retained change of an edge each time the edge changes; this separate
+/// arrangement keeps the history away from the reduce, at the cost of one more copy of the
+/// current graph.
 pub fn arrange_graph<'s>(graph: VecCollection<'s, Epoch, (GraphKey, EdgeState)>) -> GraphArrangement<'s> {
     graph.arrange_by_key_named("ServiceGraph")
 }
