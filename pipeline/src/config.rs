@@ -36,6 +36,8 @@ pub struct Config {
     pub simulate: crate::simulate::SimulateConfig,
     pub connect: ConnectConfig,
     pub metrics: MetricsConfig,
+    /// The graph query API (the service graph now and as it was; see `time.graph_retention`).
+    pub api: ApiConfig,
     /// The pcap flow sensor.
     pub sensor: crate::sensor::SensorConfig,
     /// The Confluent-compatible schema registry: writer schemas of `avro-confluent` flows, schema
@@ -218,6 +220,23 @@ pub struct MetricsConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { listen: "127.0.0.1:9464".into() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Address of the HTTP endpoint serving `GET /graph` (the service graph at a time within
+    /// `time.graph_retention`); empty disables it, and with it the retention and its memory.
+    pub listen: String,
+    /// Longest a query waits for the workers' answers before it fails with 504.
+    #[serde(with = "humantime_serde")]
+    pub timeout: Duration,
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig { listen: "127.0.0.1:9465".into(), timeout: Duration::from_secs(10) }
     }
 }
 

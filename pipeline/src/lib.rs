@@ -2,6 +2,7 @@
 //! the sensor simulator and its efficacy evaluation, the embedded demo and the benchmark. The binary `peergraph` is a thin
 //! command line over these.
 
+pub mod api;
 pub mod bench;
 pub mod config;
 pub mod demo;

@@ -7,6 +7,7 @@ use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,6 +18,21 @@ pub struct ReasonLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    pub outcome: String,
+}
+
+/// Seconds a graph query took, from 0.5 ms to about 16 s.
+#[derive(Clone, Debug)]
+pub struct QuerySeconds(pub Histogram);
+
+impl Default for QuerySeconds {
+    fn default() -> Self {
+        QuerySeconds(Histogram::new(exponential_buckets(0.0005, 2.0, 16)))
+    }
 }
 
 /// Shared by every worker of the process.
@@ -64,6 +80,11 @@ pub struct Metrics {
     pub restart_replay_ms: Gauge,
     /// Event time (ms since the Unix epoch) at which emission resumed after the restart.
     pub resume_epoch_ms: Gauge,
+    /// Graph queries answered by the query API, by outcome ("ok", "bad_request", "not_closed",
+    /// "expired", "unavailable").
+    pub graph_queries: Family<OutcomeLabel, Counter>,
+    /// How long graph queries took to answer.
+    pub graph_query_seconds: QuerySeconds,
 }
 
 impl Metrics {
@@ -81,6 +102,15 @@ impl Metrics {
 
     pub fn alert_produced(&self, event: &str) {
         self.alerts_produced.get_or_create(&EventLabel { event: event.to_owned() }).inc();
+    }
+
+    pub fn graph_query(&self, outcome: &str, seconds: f64) {
+        self.graph_queries.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).inc();
+        self.graph_query_seconds.0.observe(seconds);
+    }
+
+    pub fn graph_queries(&self, outcome: &str) -> u64 {
+        self.graph_queries.get_or_create(&OutcomeLabel { outcome: outcome.to_owned() }).get()
     }
 
     pub fn registry(self: &Arc<Self>) -> Registry {
@@ -158,6 +188,12 @@ impl Metrics {
             "Event time at which emission resumed after the restart",
             self.resume_epoch_ms.clone(),
         );
+        registry.register(
+            "graph_queries",
+            "Graph queries answered by the query API, by outcome",
+            self.graph_queries.clone(),
+        );
+        registry.register("graph_query_seconds", "Time to answer a graph query", self.graph_query_seconds.0.clone());
         registry
     }
 }

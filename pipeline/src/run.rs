@@ -26,6 +26,7 @@ use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
 use timely::dataflow::operators::{Concat as _, Probe as _};
 
+use crate::api::{GraphApi, GraphShard};
 use crate::config::Config;
 use crate::kafka::output::{produce, record_encoder, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
@@ -146,7 +147,10 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         }
         tracing::info!(url = registry.url(), "using the schema registry");
     }
-    let shared = Arc::new((config.clone(), partitions, metrics, shutdown, registry));
+    // The graph query API, when enabled; it lives until the cluster has stopped.
+    let api = (!config.api.listen.is_empty()).then(|| GraphApi::new(config, metrics.clone()));
+    let _api_server = api.clone().map(|api| crate::api::serve(&config.api.listen, api)).transpose()?;
+    let shared = Arc::new((config.clone(), partitions, metrics, shutdown, registry, api));
     tracing::info!(
         topic = %config.topics.flows,
         partitions,
@@ -156,13 +160,15 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         "starting the pipeline"
     );
     let guards = timely::execute(timely_config, move |worker| {
-        let (config, partitions, metrics, shutdown, registry) = &*shared;
-        run_worker(worker, config, *partitions, metrics.clone(), shutdown, registry.as_ref()).map_err(|e| {
-            // A timely cluster is a gang: the other workers of this process stop too, instead of
-            // waiting forever for this one's progress.
-            shutdown.store(true, Ordering::Relaxed);
-            format!("{e:#}")
-        })
+        let (config, partitions, metrics, shutdown, registry, api) = &*shared;
+        run_worker(worker, config, *partitions, metrics.clone(), shutdown, registry.as_ref(), api.as_deref()).map_err(
+            |e| {
+                // A timely cluster is a gang: the other workers of this process stop too, instead of
+                // waiting forever for this one's progress.
+                shutdown.store(true, Ordering::Relaxed);
+                format!("{e:#}")
+            },
+        )
     })
     .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;
     let mut total = RunReport::default();
@@ -212,6 +218,7 @@ fn run_worker(
     metrics: Arc<Metrics>,
     shutdown: &AtomicBool,
     registry: Option<&Arc<SchemaRegistry>>,
+    api: Option<&GraphApi>,
 ) -> anyhow::Result<RunReport> {
     let index = worker.index();
     let peers = worker.peers();
@@ -268,13 +275,14 @@ fn run_worker(
         topology.lifecycle.resumed = Some(ResumedAlerts { at: resume.resume_at, open });
     }
     let dataflow_index = worker.next_dataflow_index();
-    let (mut feeds, mut announce_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+    let (mut feeds, mut announce_in, probe, graph_trace) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
         let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
         let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
         let outputs = build(&topology, Inputs { contacts, assets, indicators, history });
+        let graph_trace = outputs.graph.trace.clone();
         let produced = produce(outputs.alerts, alert_sink);
         let produced = match graph_sink {
             Some(sink) => produced.concat(produce(outputs.graph_changes, sink)),
@@ -302,8 +310,10 @@ fn run_worker(
             remembered: BTreeMap::new(),
             learned: Vec::new(),
         };
-        (feeds, announce_in, probe)
+        (feeds, announce_in, probe, graph_trace)
     });
+    // Only the API keeps a handle on the graph's trace (and so its history within the retention).
+    let mut graph_shard: Option<GraphShard> = api.map(|api| api.attach(index, graph_trace, resume.resume_at));
 
     feeds.restore(&restored.history, &config.time);
     if let Some(store) = history_store.as_mut() {
@@ -413,6 +423,9 @@ fn run_worker(
             source.commit_passed(frontier, CommitMode::Async)?;
             last_frontier = frontier;
         }
+        if let Some(shard) = graph_shard.as_mut() {
+            shard.serve();
+        }
 
         if config.run.stop_at_end && finished.borrow().len() == peers {
             // Everyone has read everything: close the epochs up to the last record anywhere,
@@ -451,6 +464,7 @@ fn run_worker(
         return Err(error.into());
     }
     stopping.set(true);
+    drop(graph_shard);
     worker.drop_dataflow(dataflow_index);
     tracing::info!(worker = index, messages = report.messages, edge_updates = report.edge_updates, "worker stopped");
     Ok(report)

@@ -34,6 +34,7 @@ pub fn config(test: &str) -> Config {
     config.input.group_id = format!("{prefix}.pipeline");
     config.connect.group_id = format!("{prefix}.connect");
     config.metrics.listen = String::new();
+    config.api.listen = String::new();
     config
 }
 

@@ -1,7 +1,10 @@
 //! The dataflow alone, without Kafka: throughput per worker, the cost of one tick at 1 % key churn
 //! against recomputing the same window from scratch, and memory per live edge.
 //!
-//!     cargo run --release -p peergraph-topology --example dataflow_bench -- [workers] [edges] [ticks]
+//!     cargo run --release -p peergraph-topology --example dataflow_bench -- [workers] [edges] [ticks] [retention]
+//!
+//! With `retention` (in ticks), each worker keeps a handle on the arranged service graph holding its
+//! compaction back that far, as the query API does, and the report adds what that history holds.
 //!
 //! Synthetic traffic: `edges` distinct entity edges (pods of 100-replica-ish workloads talking to
 //! shared backends), each active in a tick with probability 1/4; a 60-tick window; every detector
@@ -15,7 +18,8 @@ use std::time::{Duration, Instant};
 
 use differential_dataflow::input::{Input, InputSession};
 use peergraph_topology::{
-    build, AssetRecord, Edge, Endpoint, Epoch, Indicator, Inputs, TopologyConfig, Volume, WorkloadEdge,
+    build, AssetRecord, Edge, Endpoint, Epoch, GraphFilter, GraphHistory, GraphTrace, Indicator, Inputs,
+    TopologyConfig, Volume, WorkloadEdge,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -40,12 +44,13 @@ fn edge_number(i: usize) -> Edge {
     }
 }
 
+/// A worker's installed topology: its contacts input, the probe on its alerts, and a handle on the
+/// arranged graph's trace.
+type Installed = (InputSession<Epoch, (Edge, Epoch), Volume>, ProbeHandle<Epoch>, GraphTrace);
+
 /// The whole topology on this worker, fed contacts only: the reference inputs stay empty and are
 /// closed at once so they hold no time back.
-fn install(
-    worker: &mut timely::worker::Worker,
-    config: &TopologyConfig,
-) -> (InputSession<Epoch, (Edge, Epoch), Volume>, ProbeHandle<Epoch>) {
+fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig) -> Installed {
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
         let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
@@ -54,7 +59,7 @@ fn install(
         let outputs = build(config, Inputs { contacts, assets, indicators, history });
         let (probe, _) = outputs.alerts.probe();
         drop((assets_in, indicators_in, history_in));
-        (contacts_in, probe)
+        (contacts_in, probe, outputs.graph.trace)
     })
 }
 
@@ -125,6 +130,9 @@ struct Report {
     live_edges: usize,
     rss_before: u64,
     rss_loaded: u64,
+    /// Updates the graph traces held at the end of the load, and the time to read the graph at a
+    /// past time from them (slowest worker).
+    history: Option<(usize, Duration)>,
 }
 
 fn main() {
@@ -132,6 +140,7 @@ fn main() {
     let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
     let edges: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
     let ticks: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(180);
+    let retention: Option<u64> = args.next().and_then(|a| a.parse().ok());
     let mut config = TopologyConfig::default();
     config.time.window = Duration::from_millis(WINDOW_TICKS * TICK);
     let config = Arc::new(config);
@@ -146,7 +155,9 @@ fn main() {
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
         let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
         let operator_times = (index == 0 && profile_top > 0).then(|| OperatorTimes::record(worker));
-        let (mut contacts, probe) = install(worker, &config2);
+        let (mut contacts, probe, trace) = install(worker, &config2);
+        // Without a retention the trace handle is dropped here and the graph keeps no history.
+        let mut history = retention.map(|r| GraphHistory::new(trace, r * TICK, TICK));
 
         // Load: `ticks` ticks, each edge active with probability 1/4, 1..8 flows when active.
         let started = Instant::now();
@@ -177,9 +188,21 @@ fn main() {
             contacts.advance_to(epoch + TICK);
             contacts.flush();
             worker.step_while(|| probe.less_than(contacts.time()));
+            if let Some(history) = history.as_mut() {
+                history.maintain();
+            }
         }
         let load = started.elapsed();
         let rss_loaded = rss_bytes();
+        // What the history holds, and one read of the whole entity-level graph half a retention ago.
+        let held = history.as_mut().map(|history| {
+            let at = history.latest().unwrap_or(0).saturating_sub(history.retention_ms() / 2);
+            let started = Instant::now();
+            let edges = history.read(at, &GraphFilter::level(peergraph_schemas::EdgeLevel::Entity));
+            let read = started.elapsed();
+            assert!(edges.is_ok_and(|e| !e.is_empty()), "the graph half a retention ago has edges");
+            (history.held_updates(), read)
+        });
 
         // Churn: from here on, each edge appears in a tick with probability 1/100, so once the
         // dense ticks have left the window about 1 % of the keys change per tick (appear, or
@@ -214,7 +237,8 @@ fn main() {
             times.borrow().print(profile_top);
         }
 
-        results2.lock().unwrap().push((index, flows, updates, load, churn_tick, live.len(), rss_loaded));
+        drop(history);
+        results2.lock().unwrap().push((index, flows, updates, load, churn_tick, live.len(), rss_loaded, held));
     })
     .unwrap()
     .join();
@@ -229,7 +253,7 @@ fn main() {
             let peers = worker.peers();
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + index as u64);
             let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
-            let (mut contacts, probe) = install(worker, &config3);
+            let (mut contacts, probe, _) = install(worker, &config3);
             // The churn phase's window (about 45 % of the edges live), given at once.
             let end = (ticks + 2 * WINDOW_TICKS) * TICK;
             for _tick in 0..WINDOW_TICKS {
@@ -262,6 +286,10 @@ fn main() {
         live_edges: results.iter().map(|r| r.5).sum(),
         rss_before,
         rss_loaded: results.iter().map(|r| r.6).max().unwrap_or_default(),
+        history: results
+            .iter()
+            .map(|r| r.7)
+            .try_fold((0, Duration::ZERO), |(n, t), held| held.map(|(more, read)| (n + more, t.max(read)))),
     };
     let secs = report.load.as_secs_f64();
     println!("workers {workers}, distinct edges {edges}, ticks {ticks}, window {WINDOW_TICKS} ticks");
@@ -287,4 +315,11 @@ fn main() {
         report.rss_loaded as f64 / 1e6,
         (report.rss_loaded.saturating_sub(report.rss_before)) as f64 / report.live_edges.max(1) as f64
     );
+    if let (Some(retention), Some((held, read))) = (retention, report.history) {
+        println!(
+            "graph history: {retention} ticks retained, {held} updates held in the graph trace; \
+             reading the entity graph half a retention ago: {:.1} ms",
+            read.as_secs_f64() * 1e3
+        );
+    }
 }

@@ -127,30 +127,37 @@ pub fn graph_changes<'s>(
                         changes.entry(key).or_insert(None);
                     }
                 }
-                let records = changes.into_iter().map(|((level, src, dst, dst_port, protocol), state)| {
+                let records = changes.into_iter().map(|(key, state)| {
                     let state = state.unwrap_or(EdgeState { volume: Volume::default(), first_seen: 0, last_seen: 0 });
-                    GraphEdge {
-                        level,
-                        present: state.volume.flows > 0,
-                        src,
-                        dst,
-                        dst_port: dst_port.into(),
-                        protocol: protocol.into(),
-                        window_ms: window_ms as i64,
-                        flows: state.volume.flows,
-                        bytes_out: state.volume.bytes_out,
-                        bytes_in: state.volume.bytes_in,
-                        packets_out: state.volume.packets_out,
-                        packets_in: state.volume.packets_in,
-                        first_seen_ms: state.first_seen as i64,
-                        last_seen_ms: state.last_seen as i64,
-                        event_time_ms: time as i64,
-                    }
+                    graph_edge(key, state, window_ms, time)
                 });
                 output.session(&cap).give_iterator(records);
             }
         }
     })
+}
+
+/// An edge's state as a service-graph record at `time`; a zero volume makes a tombstone
+/// (`present: false`).
+pub fn graph_edge(key: GraphKey, state: EdgeState, window_ms: u64, time: Epoch) -> GraphEdge {
+    let (level, src, dst, dst_port, protocol) = key;
+    GraphEdge {
+        level,
+        present: state.volume.flows > 0,
+        src,
+        dst,
+        dst_port: dst_port.into(),
+        protocol: protocol.into(),
+        window_ms: window_ms as i64,
+        flows: state.volume.flows,
+        bytes_out: state.volume.bytes_out,
+        bytes_in: state.volume.bytes_in,
+        packets_out: state.volume.packets_out,
+        packets_in: state.volume.packets_in,
+        first_seen_ms: state.first_seen as i64,
+        last_seen_ms: state.last_seen as i64,
+        event_time_ms: time as i64,
+    }
 }
 
 #[cfg(test)]

@@ -28,6 +28,10 @@ pub struct TimeConfig {
     /// How long the history remembers an edge after it was last seen (e.g. "7d").
     #[serde(with = "humantime_serde")]
     pub history_ttl: Duration,
+    /// How far back the service graph can be read as it was (the query API's `at`, e.g. "1h").
+    /// Every change of every edge within it is kept in memory; see docs/performance.md.
+    #[serde(with = "humantime_serde")]
+    pub graph_retention: Duration,
 }
 
 impl Default for TimeConfig {
@@ -38,6 +42,7 @@ impl Default for TimeConfig {
             allowed_lateness: Duration::from_secs(5),
             history_tick: Duration::from_secs(3600),
             history_ttl: Duration::from_secs(7 * 24 * 3600),
+            graph_retention: Duration::from_secs(3600),
         }
     }
 }
@@ -87,6 +92,10 @@ impl TimeConfig {
     pub fn history_epoch_of(&self, epoch: Epoch) -> Epoch {
         let tick = (self.history_tick.as_millis() as u64).max(1);
         epoch.div_ceil(tick).saturating_mul(tick)
+    }
+
+    pub fn graph_retention_ms(&self) -> u64 {
+        self.graph_retention.as_millis() as u64
     }
 
     pub fn history_ttl_ms(&self) -> u64 {

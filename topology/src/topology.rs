@@ -9,7 +9,8 @@ use timely::dataflow::Stream;
 use crate::assets::{asset_matches, resolve_assets, resolve_history, weigh_by_criticality, AssetRecord};
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
-use crate::graph::{graph_changes, service_graph, Edge, EdgeState, GraphKey, WorkloadEdge};
+use crate::graph::{graph_changes, service_graph, Edge, WorkloadEdge};
+use crate::graph_history::{arrange_graph, graph_updates, GraphArrangement};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::{membership, PeerGroupsConfig};
 use crate::time::{Epoch, TimeConfig};
@@ -42,8 +43,9 @@ pub struct Inputs<'s> {
 
 /// The dataflow's outputs.
 pub struct Outputs<'s> {
-    /// The windowed service graph at entity and workload level, with first / last seen.
-    pub graph: VecCollection<'s, Epoch, (GraphKey, EdgeState)>,
+    /// The windowed service graph at entity and workload level, with first / last seen, arranged
+    /// by edge: join against it, or keep a handle on its trace to read it as of a past time.
+    pub graph: GraphArrangement<'s>,
     /// The graph's changes, for the service-graph changelog topic.
     pub graph_changes: Stream<'s, Epoch, Vec<GraphEdge>>,
     /// Every detector's findings.
@@ -67,9 +69,9 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     };
     let findings = weigh_by_criticality(findings(&config.detectors, &detector_inputs), matches);
     let observed = observation_start(edges.clone());
-    let graph = service_graph(detector_inputs.contacts.clone());
+    let graph = arrange_graph(service_graph(detector_inputs.contacts.clone()));
     Outputs {
-        graph_changes: graph_changes(graph.clone(), config.time.window_ms()),
+        graph_changes: graph_changes(graph_updates(graph.clone()), config.time.window_ms()),
         graph,
         alerts: alert_lifecycle(findings.clone(), observed, timings, config.lifecycle.resumed.clone()),
         findings,
