@@ -42,7 +42,7 @@ impl Default for TimeConfig {
             allowed_lateness: Duration::from_secs(5),
             history_tick: Duration::from_secs(3600),
             history_ttl: Duration::from_secs(7 * 24 * 3600),
-            graph_retention: Duration::from_secs(3600),
+            graph_retention: Duration::from_secs(900),
         }
     }
 }
