@@ -32,9 +32,6 @@ pub fn demo(mut config: Config, wall: Duration, alerts_file: &Path, stop: Arc<At
         cluster.create_topic(topic, config.topics.partitions, 1).with_context(|| format!("creating {topic}"))?;
     }
     config.time.window = Duration::from_secs(60);
-    // The simulator's one-second rounds make ordinary calls look periodic in a one-minute window;
-    // only near-perfect beacons are reported here.
-    config.detectors.beaconing.min_score = config.detectors.beaconing.min_score.max(90);
     config.run.workers = 2;
     config.run.idle_timeout = Duration::from_secs(3);
     config.simulate.speed = SPEED;

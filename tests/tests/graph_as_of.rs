@@ -81,7 +81,6 @@ fn the_graph_as_of_two_past_times_matches_what_was_published_then() {
     config.time.graph_retention = Duration::from_secs(6 * 60);
     config.run.workers = 2;
     config.run.idle_timeout = Duration::from_secs(2);
-    config.detectors.beaconing.min_score = 90;
     config.simulate.seed = 11;
     config.simulate.start_ms = Some(START_MS);
     config.simulate.duration = Duration::from_secs(8 * 60);

@@ -22,7 +22,6 @@ fn run_decodes_registry_framed_flows_and_writes_registry_framed_alerts() {
     config.run.stop_at_end = true;
     config.run.idle_timeout = Duration::from_secs(2);
     config.time.window = Duration::from_secs(60);
-    config.detectors.beaconing.min_score = 90;
     config.simulate.seed = 11;
     config.simulate.start_ms = Some(1_767_225_600_000);
     config.simulate.duration = Duration::from_secs(5 * 60);

@@ -134,7 +134,6 @@ fn restart_matches_one_run(test: &str, stop: Stop) {
     config.time.history_ttl = Duration::from_secs(3600);
     config.detectors.new_edge.learning_period = Duration::from_secs(60);
     config.detectors.lateral_movement.learning_period = Duration::from_secs(60);
-    config.detectors.beaconing.min_score = 90;
     config.run.workers = 2;
     config.run.stop_at_end = true;
     config.run.idle_timeout = Duration::from_secs(2);

@@ -30,9 +30,6 @@ fn a_benign_day_with_every_attack_class() {
     // After only an hour of history every edge is "rare"; judge newness alone here.
     config.detectors.new_edge.rare_max_epochs = 0;
     config.detectors.exfiltration.ungrouped_min_bytes = 50_000_000;
-    // The simulator works in 20 s rounds, so its ordinary service calls are periodic enough to
-    // score 70-88 as beacons; the injected beacon (30 s ± 10 %, steady sizes) scores above 90.
-    config.detectors.beaconing.min_score = 90;
     config.simulate.seed = 3;
     config.simulate.start_ms = Some(START_MS);
     config.simulate.duration = Duration::from_secs(24 * HOUR);

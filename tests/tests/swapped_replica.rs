@@ -20,9 +20,6 @@ fn swapped_replica_is_alerted_and_cleared() {
     config.run.workers = 2;
     config.run.stop_at_end = true;
     config.run.idle_timeout = Duration::from_secs(2);
-    // One-second simulator rounds in a one-minute window make ordinary browsing look periodic to
-    // the beacon detector; this test is about the swapped replica, so only near-perfect beacons count.
-    config.detectors.beaconing.min_score = 90;
     config.simulate.seed = 11;
     config.simulate.start_ms = Some(START_MS);
     config.simulate.duration = Duration::from_secs(8 * 60);
