@@ -144,9 +144,9 @@ mod tests {
     use super::*;
     use crate::adapters::Adapter;
 
-    /// Suricata's user guide, "Eve JSON Format" (OISF/suricata doc/userguide/output/eve/
-    /// eve-json-format.rst): its alert, anomaly and flow examples, one per line.
-    const DOCS_EVE: &str = include_str!("../../../tests/data/suricata/eve-json-format.json");
+    /// Real EVE output that the Stratosphere Slips project ships as test data (Suricata on a
+    /// honeypot's traffic, June 2021): an alert, a dns event and seven flow events, verbatim.
+    const SLIPS_EVE: &str = include_str!("../../../tests/data/suricata/slips-test6.json");
 
     fn decode(text: &str) -> Result<Vec<Flow>, AdapterError> {
         let mut flows = Vec::new();
@@ -154,23 +154,74 @@ mod tests {
         Ok(flows)
     }
 
+    type Summary<'a> = (&'a str, i32, &'a str, i32, i32, Option<&'a str>);
+
+    fn summary(flow: &Flow) -> Summary<'_> {
+        (
+            flow.src_addr.as_str(),
+            flow.src_port,
+            flow.dst_addr.as_str(),
+            flow.dst_port,
+            flow.protocol,
+            flow.app_protocol.as_deref(),
+        )
+    }
+
     #[test]
-    fn documentation_flow_event_is_the_only_flow() {
-        let flows = decode(DOCS_EVE).expect("decode");
-        assert_eq!(flows.len(), 1, "alert and anomaly events are skipped");
-        let flow = &flows[0];
-        assert_eq!(flow.sensor_id, "suricata-eve");
-        assert_eq!((flow.src_addr.as_str(), flow.src_port), ("192.168.100.237", 49175));
-        assert_eq!((flow.dst_addr.as_str(), flow.dst_port), ("142.11.240.191", 35361));
-        assert_eq!(flow.protocol, proto::TCP);
-        // start 2023-09-18T06:13:33.324862+0000, end 2023-09-18T06:14:13.752399+0000.
-        assert_eq!((flow.start_ms, flow.end_ms), (1_695_017_613_324, 1_695_017_653_752));
-        assert_eq!((flow.bytes_out, flow.bytes_in), (3_536_402, 94_102));
-        assert_eq!((flow.packets_out, flow.packets_in), (3869, 1523));
-        assert_eq!(flow.tcp_flags, 0x1e);
-        // Both sides sent SYN, the originator a RST (ts flags 1e = SYN RST PSH ACK).
-        assert_eq!(flow.conn_state, ConnState::RSTO);
-        assert_eq!(flow.app_protocol.as_deref(), Some("http"));
+    fn captured_flow_events_map_counters_times_and_states() {
+        let flows = decode(SLIPS_EVE).expect("decode");
+        assert_eq!(flows.len(), 7, "the alert and dns events are skipped, their embedded flow counters too");
+        assert!(flows.iter().all(|flow| flow.sensor_id == "stratosphere.org"), "Suricata's `host` is the sensor");
+        assert!(flows.iter().all(|flow| flow.src_meta.is_none() && flow.dst_meta.is_none()));
+
+        // UDP that nobody answered; "failed" app-layer detection is no application protocol.
+        let ssdp = &flows[0];
+        assert_eq!(summary(ssdp), ("192.168.1.132", 1900, "192.168.1.129", 44232, proto::UDP, None));
+        // start 2021-06-06T16:38:55.855844+0200, end 2021-06-06T16:38:56.963027+0200.
+        assert_eq!((ssdp.start_ms, ssdp.end_ms), (1_622_990_335_855, 1_622_990_336_963));
+        assert_eq!((ssdp.bytes_out, ssdp.bytes_in, ssdp.packets_out, ssdp.packets_in), (4056, 0, 12, 0));
+        assert_eq!((ssdp.tcp_flags, ssdp.conn_state), (0, ConnState::OTH));
+
+        // A SYN to 445/tcp answered by RST-ACK: rejected.
+        let rejected = &flows[1];
+        assert_eq!(summary(rejected), ("91.238.203.56", 48938, "192.168.1.129", 445, proto::TCP, None));
+        assert_eq!((rejected.start_ms, rejected.end_ms), (1_622_993_671_140, 1_622_993_671_141));
+        assert_eq!(
+            (rejected.bytes_out, rejected.bytes_in, rejected.packets_out, rejected.packets_in),
+            (120, 120, 2, 2)
+        );
+        assert_eq!((rejected.tcp_flags, rejected.conn_state), (0x16, ConnState::REJ));
+
+        // Established, only the originator closed (Suricata: close_wait).
+        let half_closed = &flows[2];
+        assert_eq!(summary(half_closed), ("216.245.221.83", 48378, "192.168.1.129", 80, proto::TCP, None));
+        assert_eq!((half_closed.start_ms, half_closed.end_ms), (1_623_001_959_150, 1_623_002_052_694));
+        assert_eq!((half_closed.bytes_out, half_closed.bytes_in), (1072, 888));
+        assert_eq!((half_closed.packets_out, half_closed.packets_in), (16, 12));
+        assert_eq!((half_closed.tcp_flags, half_closed.conn_state), (0x13, ConnState::S2));
+
+        // No flags recorded on either side: midstream.
+        let midstream = &flows[3];
+        assert_eq!(summary(midstream), ("198.12.66.100", 42686, "192.168.1.129", 5900, proto::TCP, None));
+        assert_eq!((midstream.tcp_flags, midstream.conn_state), (0, ConnState::OTH));
+        assert_eq!((midstream.packets_out, midstream.packets_in), (2, 2));
+
+        let dns = &flows[4];
+        assert_eq!(summary(dns), ("192.168.1.129", 60896, "192.168.1.1", 53, proto::UDP, Some("dns")));
+        assert_eq!((dns.bytes_out, dns.bytes_in, dns.packets_out, dns.packets_in), (152, 304, 2, 2));
+        assert_eq!((dns.start_ms, dns.end_ms, dns.conn_state), (1_623_025_877_968, 1_623_025_877_969, ConnState::OTH));
+
+        // Opened and closed by both sides.
+        let http = &flows[5];
+        assert_eq!(summary(http), ("86.105.49.243", 60388, "192.168.1.129", 554, proto::TCP, Some("http")));
+        assert_eq!((http.bytes_out, http.bytes_in, http.packets_out, http.packets_in), (1328, 914, 14, 10));
+        assert_eq!((http.start_ms, http.end_ms), (1_623_062_249_750, 1_623_062_249_814));
+        assert_eq!((http.tcp_flags, http.conn_state), (0x1b, ConnState::SF));
+
+        // An ECN-setup SYN (SYN ECE CWR) rejected: the ECN bits are kept in the flags.
+        let ecn = &flows[6];
+        assert_eq!(summary(ecn), ("51.161.54.190", 53808, "192.168.1.129", 445, proto::TCP, None));
+        assert_eq!((ecn.tcp_flags, ecn.conn_state), (0xd6, ConnState::REJ));
     }
 
     #[test]
@@ -201,7 +252,7 @@ mod tests {
 
         #[test]
         fn mutated_sample_never_panics(position in 0usize..4096, byte in any::<u8>()) {
-            let mut bytes = DOCS_EVE.as_bytes().to_vec();
+            let mut bytes = SLIPS_EVE.as_bytes().to_vec();
             let len = bytes.len();
             bytes[position % len] = byte;
             let mut flows = Vec::new();
