@@ -6,15 +6,48 @@ pub mod reference;
 pub mod source;
 pub mod state;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::RDKafkaErrorCode;
+use rdkafka::producer::{DeliveryResult, ProducerContext};
 
 use crate::config::{KafkaConfig, TopicsConfig};
+
+/// A producer's context that counts the records the broker refused after librdkafka's own
+/// retries, and logs each refusal naming what was refused ("alert", "flow", "state record").
+pub struct DeliveryFailures {
+    what: &'static str,
+    failed: Arc<AtomicU64>,
+}
+
+impl DeliveryFailures {
+    pub fn new(what: &'static str) -> DeliveryFailures {
+        DeliveryFailures { what, failed: Arc::default() }
+    }
+
+    /// The count, shared with whoever checks it before committing progress.
+    pub fn counter(&self) -> Arc<AtomicU64> {
+        self.failed.clone()
+    }
+}
+
+impl ClientContext for DeliveryFailures {}
+
+impl ProducerContext for DeliveryFailures {
+    type DeliveryOpaque = ();
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, _)) = result {
+            self.failed.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(%error, record = self.what, "delivery failed");
+        }
+    }
+}
 
 /// Errors at the Kafka edge, with what a user needs to act on them.
 #[derive(Debug, thiserror::Error)]

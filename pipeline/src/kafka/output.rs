@@ -13,15 +13,15 @@ use peergraph_schemas::codec::{Encoder, Record, SchemaRegistry, WireFormat};
 use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::Epoch;
 use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::ClientContext;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
 use super::KafkaError;
+use crate::kafka::DeliveryFailures;
 use crate::metrics::Metrics;
 
 /// The encoder for records of type `T` produced to `topic` in `format`. `avro-confluent` takes
@@ -40,24 +40,6 @@ pub fn record_encoder<T: Record>(
             "the avro-confluent format (topic {topic}) needs a schema registry: set schema_registry.url"
         )),
         (format, _) => Ok(Encoder::new(format)?),
-    }
-}
-
-/// Counts deliveries the broker refused after librdkafka's own retries.
-#[derive(Default)]
-pub struct DeliveryWatch {
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for DeliveryWatch {}
-
-impl ProducerContext for DeliveryWatch {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "alert delivery failed");
-        }
     }
 }
 
@@ -105,7 +87,7 @@ impl Output for GraphEdge {
 
 /// One worker's connection to an output topic.
 pub struct RecordSink<T: Output> {
-    producer: ThreadedProducer<DeliveryWatch>,
+    producer: ThreadedProducer<DeliveryFailures>,
     failed: Arc<AtomicU64>,
     topic: String,
     encoder: Encoder<T>,
@@ -133,8 +115,8 @@ impl<T: Output> RecordSink<T> {
         stopping: Rc<Cell<bool>>,
         error: Rc<RefCell<Option<KafkaError>>>,
     ) -> Result<RecordSink<T>, KafkaError> {
-        let context = DeliveryWatch::default();
-        let failed = context.failed.clone();
+        let context = DeliveryFailures::new("alert or graph edge");
+        let failed = context.counter();
         let producer = client
             .clone()
             .set("enable.idempotence", "true")

@@ -14,13 +14,14 @@ use peergraph_topology::{Epoch, WorkloadEdge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
-use rdkafka::{ClientContext, Offset, TopicPartitionList};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::KafkaError;
 use crate::config::KafkaConfig;
+use crate::kafka::DeliveryFailures;
 use crate::metrics::Metrics;
 
 /// One sighting in the long-horizon history: `edge` was seen in the coarse tick ending at
@@ -119,29 +120,11 @@ impl Resume {
     }
 }
 
-/// Counts deliveries of state records that failed after librdkafka's own retries.
-#[derive(Default)]
-struct StateDelivery {
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for StateDelivery {}
-
-impl ProducerContext for StateDelivery {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "state record delivery failed");
-        }
-    }
-}
-
 /// One worker's writer of the history: a record when the worker first puts a sighting into the
 /// history, a tombstone when the sighting's time to live has run out. Records go out batched by
 /// the producer and are flushed before the offsets of the flows that caused them are committed.
 pub struct HistoryStore {
-    producer: ThreadedProducer<StateDelivery>,
+    producer: ThreadedProducer<DeliveryFailures>,
     failed: Arc<AtomicU64>,
     topic: String,
     ttl_ms: u64,
@@ -158,8 +141,8 @@ impl HistoryStore {
         ttl_ms: u64,
         metrics: Arc<Metrics>,
     ) -> Result<HistoryStore, KafkaError> {
-        let context = StateDelivery::default();
-        let failed = context.failed.clone();
+        let context = DeliveryFailures::new("state record");
+        let failed = context.counter();
         let producer = client
             .clone()
             .set("enable.idempotence", "true")

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use peergraph_schemas::codec::{EncodeError, Encoder};
 use peergraph_schemas::Flow;
-use rdkafka::client::ClientContext;
 use rdkafka::error::KafkaError;
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
 use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::kafka::client_config;
+use crate::kafka::DeliveryFailures;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -28,27 +28,9 @@ pub enum PublishError {
     Flush(#[source] KafkaError),
 }
 
-/// Counts flows the broker refused after librdkafka's own retries.
-#[derive(Default)]
-pub struct DeliveryCounter {
-    failed: Arc<AtomicU64>,
-}
-
-impl ClientContext for DeliveryCounter {}
-
-impl ProducerContext for DeliveryCounter {
-    type DeliveryOpaque = ();
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
-            self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, "flow delivery failed");
-        }
-    }
-}
-
 /// A batching producer of flows to one topic.
 pub struct FlowPublisher {
-    producer: ThreadedProducer<DeliveryCounter>,
+    producer: ThreadedProducer<DeliveryFailures>,
     failed: Arc<AtomicU64>,
     encoder: Encoder<Flow>,
     topic: String,
@@ -59,8 +41,8 @@ pub struct FlowPublisher {
 impl FlowPublisher {
     /// A producer tuned for throughput: 20 ms linger, large lz4 batches, a deep local queue.
     pub fn new(kafka: &KafkaConfig, topic: &str, encoder: Encoder<Flow>) -> Result<FlowPublisher, PublishError> {
-        let context = DeliveryCounter::default();
-        let failed = context.failed.clone();
+        let context = DeliveryFailures::new("flow");
+        let failed = context.counter();
         let producer = client_config(kafka)
             .set("linger.ms", "20")
             .set("batch.num.messages", "10000")
