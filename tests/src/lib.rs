@@ -75,6 +75,26 @@ pub fn read_topic_with<T: peergraph_schemas::codec::Record>(
     topic: &str,
     decoder: peergraph_schemas::codec::Decoder<T>,
 ) -> Vec<T> {
+    read_messages(config, topic)
+        .into_iter()
+        .filter(|message| !message.payload.is_empty())
+        .map(|message| decoder.decode(&message.payload).expect("a record peergraph wrote decodes"))
+        .collect()
+}
+
+/// One message of a topic as it was read.
+#[derive(Clone, Debug)]
+pub struct RawMessage {
+    pub partition: i32,
+    pub key: Vec<u8>,
+    /// Empty for a tombstone.
+    pub payload: Vec<u8>,
+    /// The message's timestamp, ms.
+    pub timestamp: Option<i64>,
+}
+
+/// Every message of `topic`, from the beginning to its end as of now, in partition order.
+pub fn read_messages(config: &Config, topic: &str) -> Vec<RawMessage> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Message;
     let consumer: BaseConsumer = peergraph::kafka::client_config(&config.kafka)
@@ -92,16 +112,19 @@ pub fn read_topic_with<T: peergraph_schemas::codec::Record>(
     }
     consumer.assign(&assignment).expect("assign");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    let mut records = Vec::new();
+    let mut messages = Vec::new();
     while remaining > 0 && std::time::Instant::now() < deadline {
         if let Some(message) = consumer.poll(std::time::Duration::from_millis(200)) {
             let message = message.expect("consume");
             remaining -= 1;
-            if let Some(payload) = message.payload() {
-                records.push(decoder.decode(payload).expect("a record peergraph wrote decodes"));
-            }
+            messages.push(RawMessage {
+                partition: message.partition(),
+                key: message.key().unwrap_or_default().to_vec(),
+                payload: message.payload().unwrap_or_default().to_vec(),
+                timestamp: message.timestamp().to_millis(),
+            });
         }
     }
     assert_eq!(remaining, 0, "read all of {topic} in time");
-    records
+    messages
 }

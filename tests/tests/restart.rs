@@ -15,8 +15,6 @@ use peergraph::simulate::SwapConfig;
 use peergraph_schemas::codec::{Encoder, WireFormat};
 use peergraph_schemas::flow::proto;
 use peergraph_schemas::{Alert, AlertEvent, ConnState, Flow, GraphEdge};
-use rdkafka::consumer::{BaseConsumer, Consumer};
-use rdkafka::message::Message;
 use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 /// 2026-01-01T00:00:00Z: a fixed start keeps the runs deterministic.
@@ -34,42 +32,17 @@ type Kept = (i32, Vec<u8>, Vec<u8>, i64);
 /// Reads every message of `topic` and splits each partition's messages by the epoch of their
 /// flow: up to `cut` (inclusive) and after it, in partition order.
 fn split_by_epoch(config: &Config, topic: &str, cut: u64) -> (Vec<Kept>, Vec<Kept>) {
-    let consumer: BaseConsumer = peergraph::kafka::client_config(&config.kafka)
-        .set("group.id", format!("{}.splitter", config.input.group_id))
-        .set("enable.auto.commit", "false")
-        .create()
-        .expect("consumer");
-    let partitions = peergraph::kafka::partition_count(&config.kafka, topic).expect("topic exists");
-    let mut assignment = rdkafka::TopicPartitionList::new();
-    let mut remaining = 0;
-    for p in 0..partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
-        remaining += high - low;
-        assignment.add_partition_offset(topic, p, rdkafka::Offset::Beginning).expect("assignment");
-    }
-    consumer.assign(&assignment).expect("assign");
     let decoder = peergraph_schemas::codec::Decoder::<Flow>::default();
     let (mut before, mut after) = (Vec::new(), Vec::new());
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    while remaining > 0 && std::time::Instant::now() < deadline {
-        let Some(message) = consumer.poll(Duration::from_millis(200)) else { continue };
-        let message = message.expect("consume");
-        remaining -= 1;
-        let payload = message.payload().expect("a flow").to_vec();
-        let flow = decoder.decode(&payload).expect("the simulator's flows decode");
-        let kept = (
-            message.partition(),
-            message.key().unwrap_or_default().to_vec(),
-            payload,
-            message.timestamp().to_millis().unwrap_or(flow.end_ms),
-        );
+    for message in peergraph_tests::read_messages(config, topic) {
+        let flow = decoder.decode(&message.payload).expect("the simulator's flows decode");
+        let kept = (message.partition, message.key, message.payload, message.timestamp.unwrap_or(flow.end_ms));
         if config.time.epoch_of(flow.end_ms) <= cut {
             before.push(kept);
         } else {
             after.push(kept);
         }
     }
-    assert_eq!(remaining, 0, "read all of {topic} in time");
     (before, after)
 }
 
