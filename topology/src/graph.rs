@@ -93,6 +93,16 @@ pub fn service_graph<'s>(
     })
 }
 
+/// `(workload edge, first seen)`: the earliest epoch in the window of every workload-level edge,
+/// read off the graph (for the detectors that judge how new an edge is).
+pub fn first_contacts<'s>(
+    graph: VecCollection<'s, Epoch, (GraphKey, EdgeState)>,
+) -> VecCollection<'s, Epoch, (WorkloadEdge, Epoch)> {
+    graph.flat_map(|((level, src, dst, dst_port, protocol), state)| {
+        (level == EdgeLevel::Workload).then_some((WorkloadEdge { src, dst, dst_port, protocol }, state.first_seen))
+    })
+}
+
 /// One epoch's graph updates, not yet closed, with the capability to emit its changes.
 type PendingChanges = (Capability<Epoch>, Vec<((GraphKey, EdgeState), isize)>);
 

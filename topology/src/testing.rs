@@ -29,6 +29,7 @@ pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Vol
     let edges = contacts.clone().map(|(edge, _)| edge);
     let scope = contacts.scope();
     DetectorInputs {
+        first_contacts: crate::graph::first_contacts(crate::graph::service_graph(contacts.clone())),
         members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
         edges,
         contacts,
@@ -251,6 +252,7 @@ where
             let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
             let edges = contacts.clone().map(|(edge, _)| edge);
             let inputs = DetectorInputs {
+                first_contacts: crate::graph::first_contacts(crate::graph::service_graph(contacts.clone())),
                 members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
                 edges,
                 contacts,

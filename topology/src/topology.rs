@@ -9,7 +9,7 @@ use timely::dataflow::Stream;
 use crate::assets::{asset_matches, resolve_assets, resolve_history, weigh_by_criticality, AssetRecord};
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
-use crate::graph::{graph_changes, service_graph, Edge, WorkloadEdge};
+use crate::graph::{first_contacts, graph_changes, service_graph, Edge, WorkloadEdge};
 use crate::graph_history::{arrange_graph, graph_updates, GraphArrangement};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::{membership, PeerGroupsConfig};
@@ -60,7 +60,9 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let matches = asset_matches(inputs.contacts.clone(), inputs.assets);
     let contacts = resolve_assets(inputs.contacts, matches.clone());
     let edges = contacts.clone().map(|(edge, _epoch)| edge);
+    let service = service_graph(contacts.clone());
     let detector_inputs = DetectorInputs {
+        first_contacts: first_contacts(service.clone()),
         members: membership(edges.clone(), &config.peer_groups),
         edges: edges.clone(),
         contacts,
@@ -69,7 +71,7 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     };
     let findings = weigh_by_criticality(findings(&config.detectors, &detector_inputs), matches);
     let observed = observation_start(edges.clone());
-    let graph = arrange_graph(service_graph(detector_inputs.contacts.clone()));
+    let graph = arrange_graph(service);
     Outputs {
         graph_changes: graph_changes(graph_updates(graph.clone()), config.time.window_ms()),
         graph,

@@ -75,6 +75,9 @@ pub struct DetectorInputs<'s> {
     pub contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
     /// The windowed entity-level service graph: `contacts` without the epoch.
     pub edges: VecCollection<'s, Epoch, Edge, Volume>,
+    /// `(workload edge, first epoch in the window)` for every workload edge in the window: the
+    /// service graph's workload-level first-seen (see [`crate::graph::first_contacts`]).
+    pub first_contacts: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
     /// `(entity, peer group)` for the members seen in the window.
     pub members: VecCollection<'s, Epoch, (String, String)>,
     /// Threat-intel indicators currently listed.

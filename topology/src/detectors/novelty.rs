@@ -9,7 +9,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::DetectorInputs;
-use crate::graph::{Edge, WorkloadEdge};
+use crate::graph::WorkloadEdge;
 use crate::time::Epoch;
 
 /// What the history says of a workload edge present in the window.
@@ -40,20 +40,19 @@ pub fn novelty<'s>(
     learning_ms: u64,
 ) -> VecCollection<'s, Epoch, (WorkloadEdge, Novelty)> {
     let keep_history = keep.clone();
+    // Each workload edge's first contact in the window, shared with the service graph.
     let present = inputs
-        .contacts
+        .first_contacts
         .clone()
-        .map(|(edge, epoch): (Edge, Epoch)| (WorkloadEdge::from(&edge), epoch))
         .filter(move |(edge, _)| keep(edge))
-        .distinct()
-        .map(|(edge, epoch)| (edge, Mark::InWindow(epoch)));
+        .map(|(edge, first)| (edge, Mark::InWindow(first)));
     let seen = inputs
         .history
         .clone()
         .filter(move |(edge, _)| keep_history(edge))
         .map(|(edge, coarse)| (edge, Mark::Seen(coarse)));
 
-    // Per edge: O(window / tick + history ttl / history tick) marks at most.
+    // Per edge: one mark for the window and O(history ttl / history tick) for the history.
     let candidates = seen.concat(present).reduce(move |_edge, marks, output| {
         let first = marks.iter().find_map(|(mark, _)| match mark {
             Mark::InWindow(epoch) => Some(*epoch),
