@@ -14,14 +14,13 @@ use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::Epoch;
 use rdkafka::config::ClientConfig;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
 use super::KafkaError;
-use crate::kafka::DeliveryFailures;
+use crate::kafka::{send_waiting, DeliveryFailures};
 use crate::metrics::Metrics;
 
 /// The encoder for records of type `T` produced to `topic` in `format`. `avro-confluent` takes
@@ -158,19 +157,10 @@ impl<T: Output> RecordSink<T> {
         Ok(())
     }
 
-    fn send(&self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((source, r)) => {
-                    return Err(KafkaError::Client { context: format!("producing to {}", r.topic), source })
-                }
-            }
-        }
+    fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
+        let topic = record.topic.to_owned();
+        send_waiting(&self.producer, record)
+            .map_err(|source| KafkaError::Client { context: format!("producing to {topic}"), source })
     }
 
     fn flush(&self) -> Result<(), KafkaError> {

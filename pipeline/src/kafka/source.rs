@@ -627,21 +627,8 @@ impl DeadLetter {
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((
-                    rdkafka::error::KafkaError::MessageProduction(rdkafka::types::RDKafkaErrorCode::QueueFull),
-                    r,
-                )) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                Err((source, _)) => {
-                    return Err(KafkaError::Client { context: format!("dead-lettering to {}", self.topic), source })
-                }
-            }
-        }
+        super::send_waiting(&self.producer, record)
+            .map_err(|source| KafkaError::Client { context: format!("dead-lettering to {}", self.topic), source })
     }
 
     fn flush(&self) -> Result<(), KafkaError> {

@@ -15,13 +15,12 @@ use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
 use super::KafkaError;
 use crate::config::KafkaConfig;
-use crate::kafka::DeliveryFailures;
+use crate::kafka::{send_waiting, DeliveryFailures};
 use crate::metrics::Metrics;
 
 /// One sighting in the long-horizon history: `edge` was seen in the coarse tick ending at
@@ -218,18 +217,8 @@ impl HistoryStore {
             record = record.payload(payload);
         }
         self.unflushed = true;
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((rdkafka::error::KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((source, _)) => {
-                    return Err(KafkaError::Client { context: format!("producing to {}", self.topic), source })
-                }
-            }
-        }
+        send_waiting(&self.producer, record)
+            .map_err(|source| KafkaError::Client { context: format!("producing to {}", self.topic), source })
     }
 }
 

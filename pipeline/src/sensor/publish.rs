@@ -10,11 +10,10 @@ use peergraph_schemas::codec::{EncodeError, Encoder};
 use peergraph_schemas::Flow;
 use rdkafka::error::KafkaError;
 use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
-use rdkafka::types::RDKafkaErrorCode;
 
 use crate::config::KafkaConfig;
 use crate::kafka::client_config;
-use crate::kafka::DeliveryFailures;
+use crate::kafka::{send_waiting, DeliveryFailures};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -58,18 +57,9 @@ impl FlowPublisher {
     pub fn publish(&mut self, flow: &Flow) -> Result<(), PublishError> {
         self.payload.clear();
         self.encoder.encode(flow, &mut self.payload)?;
-        let mut record =
+        let record =
             BaseRecord::to(&self.topic).key(flow.src_addr.as_bytes()).payload(&self.payload).timestamp(flow.end_ms);
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), r)) => {
-                    record = r;
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-                Err((e, _)) => return Err(PublishError::Send(e)),
-            }
-        }
+        send_waiting(&self.producer, record).map_err(PublishError::Send)?;
         self.published += 1;
         Ok(())
     }
