@@ -178,6 +178,22 @@ mod tests {
     }
 
     #[test]
+    fn a_count_within_its_counting_noise_is_chance_and_far_beyond_it_is_a_deviation() {
+        let values = [8, 9, 9, 10];
+        let moments_with = |value: i64| {
+            values.iter().chain([value].iter()).fold(Moments::default(), |mut m, v| {
+                differential_dataflow::difference::Semigroup::plus_equals(&mut m, &Moments::of(*v));
+                m
+            })
+        };
+        let config = PeerDeviationConfig::default();
+        let robust = Robust { median: 9, mad: 1 };
+        // 20 connections against peers at 8-10: √9 = 3 is the least spread, so z ≈ 3.7.
+        assert!(deviation(&config, Feature::Connections, 20, moments_with(20), robust).is_none());
+        assert!(deviation(&config, Feature::Connections, 200, moments_with(200), robust).is_some());
+    }
+
+    #[test]
     fn small_groups_and_small_values_are_not_judged() {
         let m = Moments::of(1).without(1);
         let config = PeerDeviationConfig::default();
