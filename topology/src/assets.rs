@@ -7,7 +7,9 @@
 use std::net::IpAddr;
 
 use differential_dataflow::difference::Multiply;
+use differential_dataflow::collection::AsCollection;
 use differential_dataflow::VecCollection;
+use timely::dataflow::operators::vec::Map;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
@@ -78,12 +80,19 @@ pub fn asset_matches<'s>(
         })
 }
 
-/// Renames one end of every record: where `key(record)` is in `names`, `set` puts the new name in;
-/// other records pass unchanged (an outer join: join plus antijoin).
+/// Renames one end of every record: where the end's name, `key(record)`, is in `names`, `set` puts
+/// the new name in; other records pass unchanged. `names` holds at most one name per key.
+///
+/// `key` returns `None` for an end that can never be named (a pod, a workload): such records are
+/// neither indexed nor joined, they pass straight through. The others are arranged once by their
+/// end's name, and one join against the names emits, for each record that has a name, its renamed
+/// form and the retraction of the original; those changes are added to the untouched records. So
+/// the cost of the rename is one arrangement of the records that could be named and join work for
+/// those that are, and a change in `names` (a relabel) rewrites every record it touches.
 fn rename_end<'s, D, N, R>(
     records: VecCollection<'s, Epoch, D, R>,
     names: VecCollection<'s, Epoch, (String, N)>,
-    key: fn(&D) -> String,
+    key: fn(&D) -> Option<&String>,
     set: fn(&mut D, N),
 ) -> VecCollection<'s, Epoch, D, R>
 where
@@ -91,16 +100,26 @@ where
     N: differential_dataflow::ExchangeData,
     R: differential_dataflow::ExchangeData + differential_dataflow::difference::Abelian + Multiply<isize, Output = R>,
 {
-    let matched = names.clone().map(|(name, _)| name);
-    let keyed = records.map(move |record| (key(&record), record));
-    keyed
-        .clone()
-        .join(names)
-        .map(move |(_, (mut record, name))| {
-            set(&mut record, name);
-            record
+    let nameable = records.clone().flat_map(move |record| Some((key(&record)?.clone(), record)));
+    let renames = nameable.arrange_by_key().join_core(names.arrange_by_key(), move |_, record, name| {
+        let mut renamed = record.clone();
+        set(&mut renamed, name.clone());
+        Some((record.clone(), renamed))
+    });
+    let changes = renames
+        .inner
+        .flat_map(|((original, renamed), time, diff)| {
+            let mut retraction = diff.clone();
+            retraction.negate();
+            [(renamed, time, diff), (original, time, retraction)]
         })
-        .concat(keyed.antijoin(matched).map(|(_, record)| record))
+        .as_collection();
+    records.concat(changes)
+}
+
+/// The end's entity, if it is address-based (only those can match an asset).
+fn addressed(entity: &String) -> Option<&String> {
+    address_of(entity).map(|_| entity)
 }
 
 /// The contacts with every endpoint that matched an asset replaced by the asset's endpoint.
@@ -109,8 +128,8 @@ pub fn resolve_assets<'s>(
     matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, (Edge, Epoch), Volume> {
     let endpoints = matches.map(|(entity, asset)| (entity, asset.endpoint()));
-    let src = rename_end(contacts, endpoints.clone(), |(edge, _)| edge.src.entity.clone(), |(edge, _), e| edge.src = e);
-    rename_end(src, endpoints, |(edge, _)| edge.dst.entity.clone(), |(edge, _), e| edge.dst = e)
+    let src = rename_end(contacts, endpoints.clone(), |(edge, _)| addressed(&edge.src.entity), |(edge, _), e| edge.src = e);
+    rename_end(src, endpoints, |(edge, _)| addressed(&edge.dst.entity), |(edge, _), e| edge.dst = e)
 }
 
 /// The long-horizon history with its address-based nodes renamed as the current window's contacts
@@ -121,8 +140,8 @@ pub fn resolve_history<'s>(
     matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, (WorkloadEdge, Epoch)> {
     let nodes = matches.map(|(entity, asset)| (entity, asset.endpoint().node().to_owned()));
-    let src = rename_end(history, nodes.clone(), |(edge, _)| edge.src.clone(), |(edge, _), n| edge.src = n);
-    rename_end(src, nodes, |(edge, _)| edge.dst.clone(), |(edge, _), n| edge.dst = n)
+    let src = rename_end(history, nodes.clone(), |(edge, _)| addressed(&edge.src), |(edge, _), n| edge.src = n);
+    rename_end(src, nodes, |(edge, _)| addressed(&edge.dst), |(edge, _), n| edge.dst = n)
 }
 
 /// Findings about assets, with their score raised (or lowered) by the asset's criticality: ten
@@ -153,6 +172,7 @@ mod tests {
     use std::collections::BTreeMap;
     use std::rc::Rc;
 
+    use differential_dataflow::difference::Semigroup;
     use differential_dataflow::input::Input;
 
     use super::*;
@@ -168,6 +188,202 @@ mod tests {
         assert_eq!(address_of("pod:ns/p"), None);
         let nets: Vec<IpNet> = networks_of("10.1.2.3".parse().unwrap()).collect();
         assert!(nets.contains(&"10.1.2.0/24".parse().unwrap()) && nets.contains(&"10.1.2.3/32".parse().unwrap()));
+    }
+
+    /// Entities of the property test: hosts and external addresses (IPv4 and IPv6) that fall in
+    /// several of the networks below, some in none, and pods that never match.
+    const ENTITIES: [&str; 9] = [
+        "host:10.0.0.2",
+        "host:10.0.0.9",
+        "host:10.0.1.7",
+        "host:10.200.0.1",
+        "ext:203.0.113.9",
+        "ext:198.51.100.1",
+        "host:2001:db8::1",
+        "pod:ns/a-1",
+        "pod:ns/b-1",
+    ];
+    /// Networks (one not truncated) and ids; an id fixes its role and criticality.
+    const NETWORKS: [&str; 7] =
+        ["10.0.0.0/8", "10.0.0.0/24", "10.0.0.2/32", "10.0.1.9/24", "203.0.113.0/24", "2001:db8::/32", "0.0.0.0/0"];
+    const IDS: [&str; 3] = ["a", "b", "c"];
+
+    fn listed(network: usize, id: usize) -> AssetRecord {
+        AssetRecord {
+            network: NETWORKS[network].parse().unwrap(),
+            id: IDS[id].to_owned(),
+            role: [Some("db".to_owned()), None, Some("web".to_owned())][id].clone(),
+            criticality: id as u8 + 1,
+        }
+    }
+
+    fn endpoint(entity: usize) -> Endpoint {
+        let entity = ENTITIES[entity];
+        let workload = entity.strip_prefix("pod:ns/").map(|pod| format!("workload:ns/Deployment/{}", &pod[..1]));
+        Endpoint { entity: entity.to_owned(), workload }
+    }
+
+    /// The reference: an endpoint renamed by the longest listed network that holds its address
+    /// (ties by the smallest id), computed directly from the inventory at one time.
+    fn resolved(endpoint: &Endpoint, inventory: &[AssetRecord]) -> Endpoint {
+        let Some(address) = address_of(&endpoint.entity) else { return endpoint.clone() };
+        inventory
+            .iter()
+            .filter(|asset| asset.network.contains(&address))
+            .max_by(|a, b| a.network.prefix_len().cmp(&b.network.prefix_len()).then_with(|| b.id.cmp(&a.id)))
+            .map_or_else(|| endpoint.clone(), AssetRecord::endpoint)
+    }
+
+    /// Accumulates timed updates up to and including `at`, dropping what nets to zero.
+    fn state_at<D: Ord + Clone, R: Semigroup + Clone + differential_dataflow::difference::IsZero>(
+        updates: &[(D, Epoch, R)],
+        at: Epoch,
+    ) -> BTreeMap<D, R> {
+        let mut state: BTreeMap<D, R> = BTreeMap::new();
+        for (datum, _, diff) in updates.iter().filter(|(_, time, _)| *time <= at) {
+            match state.get_mut(datum) {
+                Some(acc) => acc.plus_equals(diff),
+                None => {
+                    state.insert(datum.clone(), diff.clone());
+                }
+            }
+        }
+        state.retain(|_, diff| !diff.is_zero());
+        state
+    }
+
+    /// One random case: contacts `(src, dst, port, from, until)` live in `[from, until)` (with
+    /// one flow per contact), assets `(network, id, from, until)` listed in `[from, until)`.
+    type Contacts = Vec<(usize, usize, u16, Epoch, Epoch)>;
+    type Listings = Vec<(usize, usize, Epoch, Epoch)>;
+
+    /// Runs asset resolution over the contacts and, as history, their workload edges, and returns
+    /// every update of the resolved contacts and the resolved history.
+    #[allow(clippy::type_complexity)]
+    fn run_resolution(
+        contacts: &Contacts,
+        listings: &Listings,
+        end: Epoch,
+    ) -> (Vec<((Edge, Epoch), Epoch, Volume)>, Vec<((WorkloadEdge, Epoch), Epoch, isize)>) {
+        let (contacts, listings) = (contacts.clone(), listings.clone());
+        timely::execute_directly(move |worker| {
+            let seen_contacts = Rc::new(RefCell::new(Vec::new()));
+            let seen_history = Rc::new(RefCell::new(Vec::new()));
+            let (contacts_sink, history_sink) = (seen_contacts.clone(), seen_history.clone());
+            let (mut contacts_in, mut history_in, mut assets_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+                let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
+                let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
+                let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
+                let matches = asset_matches(contacts.clone(), assets);
+                let (probe, _) = resolve_assets(contacts, matches.clone())
+                    .inspect(move |update| contacts_sink.borrow_mut().push(update.clone()))
+                    .probe();
+                resolve_history(history, matches)
+                    .inspect(move |update| history_sink.borrow_mut().push(update.clone()))
+                    .probe_with(&probe);
+                (contacts_in, history_in, assets_in, probe)
+            });
+            for time in 0..end {
+                for &(src, dst, port, from, until) in &contacts {
+                    let contact = Edge { src: endpoint(src), dst: endpoint(dst), dst_port: port, protocol: 6 };
+                    let workload_edge = WorkloadEdge::from(&contact);
+                    let one = Volume { flows: 1, bytes_out: 10, ..Volume::default() };
+                    if from == time {
+                        contacts_in.update((contact.clone(), from), one);
+                        history_in.update((workload_edge.clone(), from), 1);
+                    }
+                    if until == time {
+                        contacts_in.update((contact, from), one.negated());
+                        history_in.update((workload_edge, from), -1);
+                    }
+                }
+                for &(network, id, from, until) in &listings {
+                    if from == time {
+                        assets_in.update(listed(network, id), 1);
+                    }
+                    if until == time {
+                        assets_in.update(listed(network, id), -1);
+                    }
+                }
+                contacts_in.advance_to(time + 1);
+                history_in.advance_to(time + 1);
+                assets_in.advance_to(time + 1);
+                contacts_in.flush();
+                history_in.flush();
+                assets_in.flush();
+                worker.step_while(|| probe.less_than(&(time + 1)));
+            }
+            let contacts = seen_contacts.borrow().clone();
+            let history = seen_history.borrow().clone();
+            (contacts, history)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(64))]
+
+        /// Random contacts and a random inventory that lists, withdraws and relabels networks over
+        /// time: at every time the resolved contacts and history equal the reference renaming of
+        /// what is live then.
+        #[test]
+        fn resolution_equals_the_reference_at_every_time(
+            contacts in proptest::collection::vec((0..9usize, 0..9usize, 0..2u16, 0..8u64, 0..12u64), 0..14),
+            listings in proptest::collection::vec((0..7usize, 0..3usize, 0..10u64, 0..12u64), 0..8),
+        ) {
+            const END: Epoch = 12;
+            // Live in [from, until), until after from (or never, when it is not).
+            let contacts: Contacts = contacts
+                .into_iter()
+                .map(|(src, dst, port, from, until)| (src, dst, port, from, if until > from { until } else { END }))
+                .collect();
+            let listings: Listings = listings
+                .into_iter()
+                .map(|(network, id, from, until)| (network, id, from, if until > from { until } else { END }))
+                .collect();
+            let (seen_contacts, seen_history) = run_resolution(&contacts, &listings, END);
+            for at in 0..END {
+                let inventory: Vec<AssetRecord> = listings
+                    .iter()
+                    .filter(|(_, _, from, until)| (*from..*until).contains(&at))
+                    .map(|&(network, id, _, _)| listed(network, id))
+                    .collect();
+                let live: Vec<(Edge, Epoch)> = contacts
+                    .iter()
+                    .filter(|(_, _, _, from, until)| (*from..*until).contains(&at))
+                    .map(|&(src, dst, port, from, _)| {
+                        (Edge { src: endpoint(src), dst: endpoint(dst), dst_port: port, protocol: 6 }, from)
+                    })
+                    .collect();
+                let expected_contacts: Vec<((Edge, Epoch), Volume)> = live
+                    .iter()
+                    .map(|(contact, from)| {
+                        let renamed = Edge {
+                            src: resolved(&contact.src, &inventory),
+                            dst: resolved(&contact.dst, &inventory),
+                            ..contact.clone()
+                        };
+                        ((renamed, *from), Volume { flows: 1, bytes_out: 10, ..Volume::default() })
+                    })
+                    .collect::<Vec<_>>();
+                let expected_contacts = state_at(
+                    &expected_contacts.into_iter().map(|(datum, volume)| (datum, 0, volume)).collect::<Vec<_>>(),
+                    0,
+                );
+                proptest::prop_assert_eq!(state_at(&seen_contacts, at), expected_contacts, "contacts at {}", at);
+                let expected_history = live
+                    .iter()
+                    .map(|(contact, from)| {
+                        let renamed = Edge {
+                            src: resolved(&contact.src, &inventory),
+                            dst: resolved(&contact.dst, &inventory),
+                            ..contact.clone()
+                        };
+                        ((WorkloadEdge::from(&renamed), *from), 0, 1isize)
+                    })
+                    .collect::<Vec<_>>();
+                proptest::prop_assert_eq!(state_at(&seen_history, at), state_at(&expected_history, 0), "history at {}", at);
+            }
+        }
     }
 
     /// Contacts and assets in, resolved edges out, and an inventory change in between.
