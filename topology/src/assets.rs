@@ -4,14 +4,17 @@
 //! Both sides are collections, so a relabel in the inventory updates every downstream result.
 //! Endpoints the sensor identified as pods keep their Kubernetes identity.
 
+use std::hash::Hash;
 use std::net::IpAddr;
 
-use differential_dataflow::difference::Multiply;
 use differential_dataflow::collection::AsCollection;
+use differential_dataflow::difference::{Abelian, Multiply};
+use differential_dataflow::hashable::Hashable;
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::VecCollection;
-use timely::dataflow::operators::vec::Map;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
+use timely::dataflow::operators::vec::Map;
 
 use crate::detectors::Finding;
 use crate::entity::Endpoint;
@@ -51,57 +54,61 @@ fn networks_of(address: IpAddr) -> impl Iterator<Item = IpNet> {
     lengths.into_iter().filter_map(move |len| IpNet::new(address, len).ok().map(|net| net.trunc()))
 }
 
-/// `(entity, asset)`: the asset (longest matching network; ties by id) of every address-based
-/// endpoint in the graph.
+/// `(address, asset)`: the asset (longest matching network; ties by id) of every address of an
+/// address-based endpoint in the graph. Every endpoint with that address (`host:` or `ext:`)
+/// resolves to it.
 pub fn asset_matches<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
     assets: VecCollection<'s, Epoch, AssetRecord>,
-) -> VecCollection<'s, Epoch, (String, AssetRecord)> {
-    let addressed = contacts
-        .flat_map(|(edge, _)| {
-            [edge.src.entity, edge.dst.entity]
-                .into_iter()
-                .filter_map(|entity| address_of(&entity).map(|address| (entity, address)))
-        })
-        .distinct();
-    let candidates =
-        addressed.flat_map(|(entity, address)| networks_of(address).map(move |network| (network, entity.clone())));
-    candidates
-        .join(assets.map(|asset| (asset.network.trunc(), asset)))
-        .map(|(_network, (entity, asset))| (entity, asset))
-        .reduce(|_entity, matches, output| {
-            let best = matches
-                .iter()
-                .map(|(asset, _)| *asset)
-                .max_by(|a, b| a.network.prefix_len().cmp(&b.network.prefix_len()).then_with(|| b.id.cmp(&a.id)));
-            if let Some(asset) = best {
-                output.push((asset.clone(), 1));
-            }
-        })
+) -> VecCollection<'s, Epoch, (IpAddr, AssetRecord)> {
+    let outer = contacts.scope();
+    outer.region_named("AssetMatches", |inner| {
+        let addresses = contacts
+            .enter_region(inner)
+            .flat_map(|(edge, _)| [address_of(&edge.src.entity), address_of(&edge.dst.entity)].into_iter().flatten())
+            .distinct_total();
+        let candidates = addresses.flat_map(|address| networks_of(address).map(move |network| (network, address)));
+        candidates
+            .join(assets.enter_region(inner).map(|asset| (asset.network.trunc(), asset)))
+            .map(|(_network, (address, asset))| (address, asset))
+            .reduce(|_address, matches, output| {
+                let best = matches
+                    .iter()
+                    .map(|(asset, _)| *asset)
+                    .max_by(|a, b| a.network.prefix_len().cmp(&b.network.prefix_len()).then_with(|| b.id.cmp(&a.id)));
+                if let Some(asset) = best {
+                    output.push((asset.clone(), 1));
+                }
+            })
+            .leave_region(outer)
+    })
 }
 
-/// Renames one end of every record: where the end's name, `key(record)`, is in `names`, `set` puts
-/// the new name in; other records pass unchanged. `names` holds at most one name per key.
+/// Renames one end of every record: where the end's address, `key(record)`, has a name in `names`,
+/// `set` puts the name in; other records pass unchanged. `names` holds at most one name per
+/// address.
 ///
-/// `key` returns `None` for an end that can never be named (a pod, a workload): such records are
-/// neither indexed nor joined, they pass straight through. The others are arranged once by their
-/// end's name, and one join against the names emits, for each record that has a name, its renamed
+/// `key` returns `None` for an end that has no address (a pod, a workload): such records are
+/// neither indexed nor joined, they pass straight through. The others are arranged once, by
+/// address, and one join against the names emits, for each record that has a name, its renamed
 /// form and the retraction of the original; those changes are added to the untouched records. So
-/// the cost of the rename is one arrangement of the records that could be named and join work for
-/// those that are, and a change in `names` (a relabel) rewrites every record it touches.
+/// the rename costs one arrangement of the records with an address-based end, plus join work for
+/// the records that have a name; a change in `names` (a relabel) rewrites every record it touches.
+/// The arranged records are ordered by their hash first, so that sorting and merging them seldom
+/// compares their strings.
 fn rename_end<'s, D, N, R>(
     records: VecCollection<'s, Epoch, D, R>,
-    names: VecCollection<'s, Epoch, (String, N)>,
-    key: fn(&D) -> Option<&String>,
+    names: VecCollection<'s, Epoch, (IpAddr, N)>,
+    key: fn(&D) -> Option<IpAddr>,
     set: fn(&mut D, N),
 ) -> VecCollection<'s, Epoch, D, R>
 where
-    D: differential_dataflow::ExchangeData,
+    D: differential_dataflow::ExchangeData + Hash,
     N: differential_dataflow::ExchangeData,
-    R: differential_dataflow::ExchangeData + differential_dataflow::difference::Abelian + Multiply<isize, Output = R>,
+    R: differential_dataflow::ExchangeData + Abelian + Multiply<isize, Output = R>,
 {
-    let nameable = records.clone().flat_map(move |record| Some((key(&record)?.clone(), record)));
-    let renames = nameable.arrange_by_key().join_core(names.arrange_by_key(), move |_, record, name| {
+    let addressed = records.clone().flat_map(move |record| Some((key(&record)?, (record.hashed(), record))));
+    let renames = addressed.arrange_by_key().join_core(names.arrange_by_key(), move |_, (_, record), name| {
         let mut renamed = record.clone();
         set(&mut renamed, name.clone());
         Some((record.clone(), renamed))
@@ -117,19 +124,23 @@ where
     records.concat(changes)
 }
 
-/// The end's entity, if it is address-based (only those can match an asset).
-fn addressed(entity: &String) -> Option<&String> {
-    address_of(entity).map(|_| entity)
-}
-
 /// The contacts with every endpoint that matched an asset replaced by the asset's endpoint.
 pub fn resolve_assets<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
-    matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
+    matches: VecCollection<'s, Epoch, (IpAddr, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, (Edge, Epoch), Volume> {
-    let endpoints = matches.map(|(entity, asset)| (entity, asset.endpoint()));
-    let src = rename_end(contacts, endpoints.clone(), |(edge, _)| addressed(&edge.src.entity), |(edge, _), e| edge.src = e);
-    rename_end(src, endpoints, |(edge, _)| addressed(&edge.dst.entity), |(edge, _), e| edge.dst = e)
+    let outer = contacts.scope();
+    outer.region_named("ResolveAssets", |inner| {
+        let endpoints = matches.enter_region(inner).map(|(address, asset)| (address, asset.endpoint()));
+        let src = rename_end(
+            contacts.enter_region(inner),
+            endpoints.clone(),
+            |(edge, _)| address_of(&edge.src.entity),
+            |(edge, _), e| edge.src = e,
+        );
+        rename_end(src, endpoints, |(edge, _)| address_of(&edge.dst.entity), |(edge, _), e| edge.dst = e)
+            .leave_region(outer)
+    })
 }
 
 /// The long-horizon history with its address-based nodes renamed as the current window's contacts
@@ -137,33 +148,48 @@ pub fn resolve_assets<'s>(
 /// history with the window can ask for.
 pub fn resolve_history<'s>(
     history: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
-    matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
+    matches: VecCollection<'s, Epoch, (IpAddr, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, (WorkloadEdge, Epoch)> {
-    let nodes = matches.map(|(entity, asset)| (entity, asset.endpoint().node().to_owned()));
-    let src = rename_end(history, nodes.clone(), |(edge, _)| addressed(&edge.src), |(edge, _), n| edge.src = n);
-    rename_end(src, nodes, |(edge, _)| addressed(&edge.dst), |(edge, _), n| edge.dst = n)
+    let outer = history.scope();
+    outer.region_named("ResolveHistory", |inner| {
+        let nodes = matches.enter_region(inner).map(|(address, asset)| (address, asset.endpoint().node().to_owned()));
+        let src = rename_end(
+            history.enter_region(inner),
+            nodes.clone(),
+            |(edge, _)| address_of(&edge.src),
+            |(edge, _), n| edge.src = n,
+        );
+        rename_end(src, nodes, |(edge, _)| address_of(&edge.dst), |(edge, _), n| edge.dst = n).leave_region(outer)
+    })
 }
 
 /// Findings about assets, with their score raised (or lowered) by the asset's criticality: ten
 /// points per level above (below) normal.
 pub fn weigh_by_criticality<'s>(
     findings: VecCollection<'s, Epoch, Finding>,
-    matches: VecCollection<'s, Epoch, (String, AssetRecord)>,
+    matches: VecCollection<'s, Epoch, (IpAddr, AssetRecord)>,
 ) -> VecCollection<'s, Epoch, Finding> {
-    let criticality =
-        matches.map(|(_, asset)| (asset.endpoint().entity, asset.criticality)).reduce(|_entity, levels, output| {
-            if let Some((level, _)) = levels.last() {
-                output.push((**level, 1));
-            }
+    let outer = findings.scope();
+    outer.region_named("WeighByCriticality", |inner| {
+        let criticality = matches
+            .enter_region(inner)
+            .map(|(_, asset)| (asset.endpoint().entity, asset.criticality))
+            .reduce(|_entity, levels, output| {
+                if let Some((level, _)) = levels.last() {
+                    output.push((**level, 1));
+                }
+            });
+        let by_entity = findings.enter_region(inner).map(|finding| (finding.entity.clone(), finding));
+        let weighed = by_entity.clone().join(criticality.clone()).map(|(_, (mut finding, level))| {
+            let score = i32::from(finding.score) + 10 * (i32::from(level) - 2);
+            finding.score = score.clamp(0, 100) as u8;
+            finding.evidence.push(("asset_criticality".to_owned(), level.to_string()));
+            finding
         });
-    let by_entity = findings.map(|finding| (finding.entity.clone(), finding));
-    let weighed = by_entity.clone().join(criticality.clone()).map(|(_, (mut finding, level))| {
-        let score = i32::from(finding.score) + 10 * (i32::from(level) - 2);
-        finding.score = score.clamp(0, 100) as u8;
-        finding.evidence.push(("asset_criticality".to_owned(), level.to_string()));
-        finding
-    });
-    weighed.concat(by_entity.antijoin(criticality.map(|(entity, _)| entity)).map(|(_, finding)| finding))
+        weighed
+            .concat(by_entity.antijoin(criticality.map(|(entity, _)| entity)).map(|(_, finding)| finding))
+            .leave_region(outer)
+    })
 }
 
 #[cfg(test)]
