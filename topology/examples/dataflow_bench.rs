@@ -10,6 +10,10 @@
 //! shared backends), each active in a tick with probability 1/4; a 60-tick window; every detector
 //! of the default configuration enabled.
 //!
+//! With `PEERGRAPH_BENCH_ASSETS=P` set, the inventory lists P % of the backends (each as a /32 asset
+//! with a role; `P=10` lists 5 of the 50), so that P % of the contacts are renamed to assets; by
+//! default the inventory is empty.
+//!
 //! With `PEERGRAPH_BENCH_OPERATORS=N` set, worker 0 also prints the N operators that took the most
 //! time (timely's scheduling log), to say where a tick's cost goes.
 
@@ -38,22 +42,47 @@ fn edge_number(i: usize) -> Edge {
             entity: format!("pod:ns{group}/w{group}-{member}"),
             workload: Some(format!("workload:ns{group}/Deployment/w{group}")),
         },
-        dst: Endpoint { entity: format!("host:10.9.{}.{}", backend / 250, backend % 250), workload: None },
+        dst: Endpoint { entity: format!("host:{}", backend_address(backend)), workload: None },
         dst_port: 443 + (i % 7) as u16,
         protocol: 6,
     }
+}
+
+fn backend_address(backend: usize) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::new(10, 9, (backend / 250) as u8, (backend % 250) as u8)
+}
+
+/// The inventory: `percent` % of the 50 backends, spread evenly, each a /32 asset with a role.
+fn inventory(percent: usize) -> Vec<AssetRecord> {
+    let listed = 50 * percent.min(100) / 100;
+    (0..listed)
+        .map(|n| n * 50 / listed.max(1))
+        .map(|backend| AssetRecord {
+            network: std::net::IpAddr::V4(backend_address(backend)).into(),
+            id: format!("backend-{backend}"),
+            role: Some("backend".to_owned()),
+            criticality: 3,
+        })
+        .collect()
 }
 
 /// A worker's installed topology: its contacts input, the probe on its alerts, and a handle on the
 /// arranged graph's trace.
 type Installed = (InputSession<Epoch, (Edge, Epoch), Volume>, ProbeHandle<Epoch>, GraphTrace);
 
-/// The whole topology on this worker, fed contacts only: the reference inputs stay empty and are
-/// closed at once so they hold no time back.
-fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig) -> Installed {
+/// The whole topology on this worker, fed contacts and `assets` (given by worker 0 at the start):
+/// the reference inputs are closed at once so they hold no time back.
+fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig, assets: &[AssetRecord]) -> Installed {
+    let first = worker.index() == 0;
     worker.dataflow::<Epoch, _, _>(|scope| {
         let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
-        let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
+        let (mut assets_in, assets_collection) = scope.new_collection::<AssetRecord, isize>();
+        if first {
+            for asset in assets {
+                assets_in.insert(asset.clone());
+            }
+        }
+        let assets = assets_collection;
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
         let outputs = build(config, Inputs { contacts, assets, indicators, history });
@@ -144,18 +173,19 @@ fn main() {
     let mut config = TopologyConfig::default();
     config.time.window = Duration::from_millis(WINDOW_TICKS * TICK);
     let config = Arc::new(config);
+    let assets = inventory(std::env::var("PEERGRAPH_BENCH_ASSETS").ok().and_then(|p| p.parse().ok()).unwrap_or(0));
     let profile_top: usize = std::env::var("PEERGRAPH_BENCH_OPERATORS").ok().and_then(|n| n.parse().ok()).unwrap_or(0);
     let results = Arc::new(Mutex::new(Vec::new()));
     let rss_before = rss_bytes();
 
-    let (config2, results2) = (config.clone(), results.clone());
+    let (config2, results2, assets2) = (config.clone(), results.clone(), assets.clone());
     timely::execute(timely::Config::process(workers), move |worker| {
         let index = worker.index();
         let peers = worker.peers();
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
         let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
         let operator_times = (index == 0 && profile_top > 0).then(|| OperatorTimes::record(worker));
-        let (mut contacts, probe, trace) = install(worker, &config2);
+        let (mut contacts, probe, trace) = install(worker, &config2, &assets2);
         // Without a retention the trace handle is dropped here and the graph keeps no history.
         let mut history = retention.map(|r| GraphHistory::new(trace, r * TICK, TICK));
 
@@ -246,14 +276,14 @@ fn main() {
     // The same window computed from scratch: a fresh dataflow given the last window's contacts
     // at once.
     let scratch = {
-        let config3 = config.clone();
+        let (config3, assets3) = (config.clone(), assets.clone());
         let started = Instant::now();
         timely::execute(timely::Config::process(workers), move |worker| {
             let index = worker.index();
             let peers = worker.peers();
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + index as u64);
             let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
-            let (mut contacts, probe, _) = install(worker, &config3);
+            let (mut contacts, probe, _) = install(worker, &config3, &assets3);
             // The churn phase's window (about 45 % of the edges live), given at once.
             let end = (ticks + 2 * WINDOW_TICKS) * TICK;
             for _tick in 0..WINDOW_TICKS {
@@ -292,7 +322,10 @@ fn main() {
             .try_fold((0, Duration::ZERO), |(n, t), held| held.map(|(more, read)| (n + more, t.max(read)))),
     };
     let secs = report.load.as_secs_f64();
-    println!("workers {workers}, distinct edges {edges}, ticks {ticks}, window {WINDOW_TICKS} ticks");
+    println!(
+        "workers {workers}, distinct edges {edges}, ticks {ticks}, window {WINDOW_TICKS} ticks, {} assets listed",
+        assets.len()
+    );
     println!(
         "load: {} flows as {} updates in {:.2}s: {:.0} flows/s ({:.0} per worker), {:.0} updates/s",
         report.flows,
