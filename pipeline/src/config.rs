@@ -340,6 +340,7 @@ impl Config {
             peer_groups: self.peer_groups.clone(),
             detectors: self.detectors.clone(),
             lifecycle: self.lifecycle.clone(),
+            complete_from: 0,
         }
     }
 
