@@ -595,22 +595,28 @@ impl Intake {
     }
 }
 
-/// Refused messages, forwarded unchanged with the reason in headers.
+/// Refused messages, forwarded unchanged with the reason in headers. A dead letter librdkafka
+/// gives up on (after its retries) is counted and stops the worker at the next flush, before the
+/// offsets of its message are committed, so the message is read (and refused) again after a
+/// restart instead of being lost.
 struct DeadLetter {
-    producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    producer: ThreadedProducer<super::DeliveryFailures>,
+    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
     topic: String,
     source_topic: String,
 }
 
 impl DeadLetter {
     fn new(client: &ClientConfig, topic: &str, source_topic: &str) -> Result<DeadLetter, KafkaError> {
+        let context = super::DeliveryFailures::new("dead letter");
+        let failed = context.counter();
         let producer = client
             .clone()
             .set("enable.idempotence", "true")
             .set("linger.ms", "50")
-            .create()
+            .create_with_context(context)
             .map_err(|source| KafkaError::Client { context: "creating dead-letter producer".into(), source })?;
-        Ok(DeadLetter { producer, topic: topic.to_owned(), source_topic: source_topic.to_owned() })
+        Ok(DeadLetter { producer, failed, topic: topic.to_owned(), source_topic: source_topic.to_owned() })
     }
 
     fn send(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Result<(), KafkaError> {
@@ -635,6 +641,10 @@ impl DeadLetter {
         self.producer.flush(Duration::from_secs(30)).map_err(|source| KafkaError::Client {
             context: format!("flushing dead letters to {}", self.topic),
             source,
-        })
+        })?;
+        match self.failed.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => Ok(()),
+            failed => Err(KafkaError::Delivery { topic: self.topic.clone(), failed }),
+        }
     }
 }
