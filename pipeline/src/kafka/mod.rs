@@ -83,6 +83,8 @@ pub enum KafkaError {
     MissingTopic { topic: String, brokers: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("cannot delete topic {topic:?}: {reason}")]
+    DeleteTopic { topic: String, reason: String },
     #[error("cannot encode an alert for {topic}: {reason}")]
     Encode { topic: String, reason: String },
     #[error("{failed} deliveries to {topic} failed; stopping so that their flows are replayed")]
@@ -182,6 +184,30 @@ fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
                 | UnknownTopicOrPartition
         )
     )
+}
+
+/// Deletes `names` (a topic that does not exist is not an error): for tools that create topics of
+/// their own, such as `bench`.
+pub fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaError::DeleteTopic { topic: names.join(","), reason: e.to_string() })?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = runtime
+        .block_on(admin.delete_topics(names, &options))
+        .map_err(|source| KafkaError::Client { context: format!("deleting topics {}", names.join(",")), source })?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "deleted topic"),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(KafkaError::DeleteTopic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the flows, alerts, dead-letter, reference and state topics if they are missing.
