@@ -38,6 +38,12 @@ struct PartitionClock {
     next_offset: i64,
     /// With `stop_at_end`: the partition's end offset when the run started.
     end_offset: Option<i64>,
+    /// The partition's end offset as last known: at the start, then from librdkafka's cached
+    /// high watermark (every fetch response refreshes it, no request of its own).
+    known_end: i64,
+    /// The consumer's position for the partition as librdkafka last reported it (past control
+    /// records, which are never delivered as messages).
+    position: i64,
     /// The offset committed for the partition: at start, the previous run's position (messages
     /// below it are a replay); then the latest commit.
     committed: i64,
@@ -62,10 +68,13 @@ impl PartitionClock {
     }
 
     /// Whether records are known to be waiting on the partition (a replay below the committed
-    /// position, or, with `stop_at_end`, anything below the end offset): such a partition is
-    /// slow to be read, not idle, and keeps holding the frontier back.
+    /// position, anything below the end offset at the start or below the high watermark of the
+    /// latest fetch): such a partition is slow to be read, not idle, and keeps holding the
+    /// frontier back. A backlog read live is so decided as a replay is: a partition the consumer
+    /// has not served for a while is not mistaken for an idle one and its records for late ones.
     fn waiting(&self) -> bool {
-        self.next_offset < self.committed || self.end_offset.is_some_and(|end| self.next_offset < end)
+        let read_to = self.next_offset.max(self.position);
+        read_to < self.committed || read_to < self.known_end || self.end_offset.is_some_and(|end| read_to < end)
     }
 
     /// The checkpoint to commit with the partition's position: segments whose accepted records
@@ -252,6 +261,8 @@ impl FlowSource {
                     last_message: now,
                     next_offset,
                     end_offset,
+                    known_end: high,
+                    position: next_offset,
                     committed,
                     segments: VecDeque::new(),
                 },
@@ -369,12 +380,30 @@ impl FlowSource {
                 clock.segments.push_back(segment);
             }
         }
+        self.refresh_ends();
         if read > 0 {
             self.intake.messages += read as u64;
             self.intake.metrics.messages_consumed.inc_by(read as u64);
             self.pending.push_back(PendingCommit { epoch: max_epoch, offsets: offsets.into_iter().collect() });
         }
         Ok(read)
+    }
+
+    /// Refreshes each partition's known end and position from librdkafka's cached state (no
+    /// broker request).
+    fn refresh_ends(&mut self) {
+        let topic = &self.intake.topic;
+        let Ok(topic_c) = std::ffi::CString::new(topic.as_str()) else { return };
+        let positions = self.consumer.position().ok();
+        for (&partition, clock) in self.intake.partitions.iter_mut() {
+            if let Some(high) = cached_high_watermark(&self.consumer, &topic_c, partition) {
+                clock.known_end = clock.known_end.max(high);
+            }
+            let position = positions.as_ref().and_then(|list| list.find_partition(topic, partition));
+            if let Some(Offset::Offset(offset)) = position.map(|p| p.offset()) {
+                clock.position = offset;
+            }
+        }
     }
 
     /// This worker's event-time frontier: the least watermark over its partitions that still hold
@@ -593,6 +622,25 @@ impl Intake {
         }
         Ok(())
     }
+}
+
+/// librdkafka's cached high watermark of a partition: the log end reported by the latest fetch
+/// response for it (`rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap; it makes
+/// no request). `None` before the first fetch response.
+fn cached_high_watermark(consumer: &BaseConsumer, topic: &std::ffi::CStr, partition: i32) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; `topic` is NUL-terminated and only
+    // read; librdkafka writes nothing but the two out-parameters, which outlive the call.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
 /// Refused messages, forwarded unchanged with the reason in headers. A dead letter librdkafka
