@@ -29,6 +29,7 @@ use timely::dataflow::operators::{Concat as _, Inspect as _, Probe as _};
 
 use crate::api::{GraphApi, GraphShard};
 use crate::config::Config;
+use crate::kafka::outbox::Outbox;
 use crate::kafka::output::{produce, record_encoder, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
 use crate::kafka::source::{EdgeBatch, FlowSource};
@@ -251,8 +252,13 @@ fn run_worker(
     let peers = worker.peers();
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
+    // One producer for everything the worker writes; transactional with `run.exactly_once`, with
+    // an id per worker of this cluster shape, so a restarted worker fences its crashed incarnation.
+    let transactional_id = format!("{}.worker-{index}-of-{peers}", config.input.group_id);
+    let outbox = Rc::new(Outbox::new(&client, config.run.exactly_once.then_some(transactional_id.as_str()))?);
+    let adapter = config.adapter(registry)?;
     let mut source =
-        FlowSource::open(config, &client, mine, partitions, peers, config.adapter(registry)?, metrics.clone())?;
+        FlowSource::open(config, &client, mine, partitions, peers, adapter, outbox.clone(), metrics.clone())?;
     let resume = source.resume();
     // What a previous run persisted (this worker's share of the history, the open alerts), read
     // before any flow.
@@ -261,13 +267,13 @@ fn run_worker(
     } else {
         let topic = &config.topics.state;
         let restored = state::load(&config.kafka, &client, topic, index, peers, &metrics)?;
-        let store = HistoryStore::new(&client, topic, config.time.history_ttl_ms(), metrics.clone())?;
+        let store = HistoryStore::new(outbox.clone(), topic, config.time.history_ttl_ms(), metrics.clone());
         (restored, Some(store))
     };
     let stopping = Rc::new(Cell::new(false));
     let sink_error = Rc::new(RefCell::new(None));
     let mut alert_sink = RecordSink::new(
-        &client,
+        outbox.clone(),
         &config.topics.alerts,
         record_encoder::<Alert>(config.run.alert_format, &config.topics.alerts, registry.map(|r| &**r))?,
         metrics.clone(),
@@ -280,7 +286,7 @@ fn run_worker(
         None
     } else {
         let mut sink = RecordSink::new(
-            &client,
+            outbox.clone(),
             &config.topics.service_graph,
             record_encoder::<GraphEdge>(config.run.alert_format, &config.topics.service_graph, registry.map(|r| &**r))?,
             metrics.clone(),
@@ -464,10 +470,9 @@ fn run_worker(
                 metrics.restart_replay_ms.set(took.as_millis() as i64);
                 tracing::info!(worker = index, resume_at = resume.resume_at, ?took, "replay done: output resumes");
             }
-            // The history records of the committed flows are durable before their offsets are.
+            // The state records of the committed flows are durable with (or before) their offsets.
             if let Some(store) = history_store.as_mut() {
                 persist_volumes(store, &derived_volumes, &config.time)?;
-                store.flush()?;
             }
             source.commit_passed(frontier, CommitMode::Async)?;
             last_frontier = frontier;
@@ -507,7 +512,6 @@ fn run_worker(
     let frontier = probe.with_frontier(|f| f.first().copied());
     if let Some(store) = history_store.as_mut() {
         persist_volumes(store, &derived_volumes, &config.time)?;
-        store.flush()?;
     }
     source.commit_passed(frontier, CommitMode::Sync)?;
     if let Some(error) = sink_error.borrow_mut().take() {

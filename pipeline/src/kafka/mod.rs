@@ -1,6 +1,7 @@
 //! The Kafka edges of the pipeline: client configuration, topic provisioning, the flow source
 //! that feeds the timely workers and the output sinks (alerts, service graph) that write their output.
 
+pub mod outbox;
 pub mod output;
 pub mod reference;
 pub mod source;
@@ -25,16 +26,23 @@ use crate::config::{KafkaConfig, TopicsConfig};
 pub struct DeliveryFailures {
     what: &'static str,
     failed: Arc<AtomicU64>,
+    /// The topics refused records were for.
+    topics: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl DeliveryFailures {
     pub fn new(what: &'static str) -> DeliveryFailures {
-        DeliveryFailures { what, failed: Arc::default() }
+        DeliveryFailures { what, failed: Arc::default(), topics: Arc::default() }
     }
 
     /// The count, shared with whoever checks it before committing progress.
     pub fn counter(&self) -> Arc<AtomicU64> {
         self.failed.clone()
+    }
+
+    /// The topics of the refused records, shared likewise.
+    pub fn topics(&self) -> Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> {
+        self.topics.clone()
     }
 }
 
@@ -67,9 +75,12 @@ where
 impl ProducerContext for DeliveryFailures {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
+        if let Err((error, message)) = result {
+            use rdkafka::message::Message as _;
             self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, record = self.what, "delivery failed");
+            let topic = message.topic();
+            tracing::error!(%error, record = self.what, topic, "delivery failed");
+            self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(topic.to_owned());
         }
     }
 }
@@ -83,6 +94,8 @@ pub enum KafkaError {
     MissingTopic { topic: String, brokers: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("exactly-once output: {reason}")]
+    Transaction { reason: String },
     #[error("cannot delete topic {topic:?}: {reason}")]
     DeleteTopic { topic: String, reason: String },
     #[error("cannot encode an alert for {topic}: {reason}")]

@@ -6,6 +6,7 @@
 //! with the partition watermark it had there, so the window is rebuilt exactly.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,10 @@ use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, TimeConfig, Volu
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::outbox::Outbox;
 use super::state::{Checkpoint, Resume};
 use super::KafkaError;
 use crate::config::{Config, LatePolicy};
@@ -111,6 +113,8 @@ struct PendingCommit {
 
 pub struct FlowSource {
     consumer: BaseConsumer,
+    /// The worker's producer: dead letters go through it, and it commits the offsets.
+    outbox: Rc<Outbox>,
     intake: Intake,
     pending: VecDeque<PendingCommit>,
     /// Where emission resumes after a restart (0 on a first start).
@@ -200,6 +204,7 @@ impl FlowSource {
         all_partitions: i32,
         workers: usize,
         adapter: Adapter,
+        outbox: Rc<Outbox>,
         metrics: Arc<Metrics>,
     ) -> Result<FlowSource, KafkaError> {
         let topic = config.topics.flows.clone();
@@ -291,7 +296,7 @@ impl FlowSource {
         let dead_letter = if config.topics.dead_letter.is_empty() {
             None
         } else {
-            Some(DeadLetter::new(client, &config.topics.dead_letter, &topic)?)
+            Some(DeadLetter::new(outbox.clone(), &config.topics.dead_letter, &topic))
         };
 
         let intake = Intake {
@@ -323,6 +328,7 @@ impl FlowSource {
         };
         Ok(FlowSource {
             consumer,
+            outbox,
             intake,
             pending: VecDeque::new(),
             resume,
@@ -447,6 +453,10 @@ impl FlowSource {
     /// is complete. A commit that would only move the checkpoint is made at most once a second,
     /// except with `CommitMode::Sync` (at shutdown).
     pub fn commit_passed(&mut self, frontier: Option<Epoch>, mode: CommitMode) -> Result<(), KafkaError> {
+        if self.outbox.too_soon(mode) {
+            // The batches stay pending for the next commit.
+            return Ok(());
+        }
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         while let Some(batch) = self.pending.front() {
             let passed = match (batch.epoch, frontier) {
@@ -472,10 +482,6 @@ impl FlowSource {
         if offsets.is_empty() && !moved {
             return Ok(());
         }
-        if let Some(dead_letter) = &self.intake.dead_letter {
-            // What was dead-lettered must be durable before its offsets are committed.
-            dead_letter.flush()?;
-        }
         let threshold = resume_at.saturating_sub(self.replay_horizon_ms);
         let mut list = TopicPartitionList::new();
         for (&partition, clock) in self.intake.partitions.iter_mut() {
@@ -494,13 +500,10 @@ impl FlowSource {
             return Ok(());
         }
         self.last_checkpoint = Some((resume_at, now));
-        match self.consumer.commit(&list, mode) {
-            Ok(()) => {
-                self.intake.metrics.offset_commits.inc();
-            }
-            // A failed commit is not data loss: the records are re-read after a restart.
-            Err(error) => tracing::warn!(%error, "offset commit failed; will retry with the next one"),
-        }
+        // Everything the worker wrote (dead letters included) is durable with, or before, these
+        // offsets.
+        self.outbox.commit(&self.consumer, &list, mode)?;
+        self.intake.metrics.offset_commits.inc();
         Ok(())
     }
 }
@@ -643,28 +646,19 @@ fn cached_high_watermark(consumer: &BaseConsumer, topic: &std::ffi::CStr, partit
     (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
 }
 
-/// Refused messages, forwarded unchanged with the reason in headers. A dead letter librdkafka
-/// gives up on (after its retries) is counted and stops the worker at the next flush, before the
-/// offsets of its message are committed, so the message is read (and refused) again after a
-/// restart instead of being lost.
+/// Refused messages, forwarded unchanged with the reason in headers, through the worker's
+/// [`Outbox`]: a dead letter librdkafka gives up on (after its retries) fails the next commit, so
+/// the worker stops before the offsets of its message are committed and the message is read
+/// (and refused) again after a restart instead of being lost.
 struct DeadLetter {
-    producer: ThreadedProducer<super::DeliveryFailures>,
-    failed: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    outbox: Rc<Outbox>,
     topic: String,
     source_topic: String,
 }
 
 impl DeadLetter {
-    fn new(client: &ClientConfig, topic: &str, source_topic: &str) -> Result<DeadLetter, KafkaError> {
-        let context = super::DeliveryFailures::new("dead letter");
-        let failed = context.counter();
-        let producer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "50")
-            .create_with_context(context)
-            .map_err(|source| KafkaError::Client { context: "creating dead-letter producer".into(), source })?;
-        Ok(DeadLetter { producer, failed, topic: topic.to_owned(), source_topic: source_topic.to_owned() })
+    fn new(outbox: Rc<Outbox>, topic: &str, source_topic: &str) -> DeadLetter {
+        DeadLetter { outbox, topic: topic.to_owned(), source_topic: source_topic.to_owned() }
     }
 
     fn send(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Result<(), KafkaError> {
@@ -681,18 +675,6 @@ impl DeadLetter {
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        super::send_waiting(&self.producer, record)
-            .map_err(|source| KafkaError::Client { context: format!("dead-lettering to {}", self.topic), source })
-    }
-
-    fn flush(&self) -> Result<(), KafkaError> {
-        self.producer.flush(Duration::from_secs(30)).map_err(|source| KafkaError::Client {
-            context: format!("flushing dead letters to {}", self.topic),
-            source,
-        })?;
-        match self.failed.load(std::sync::atomic::Ordering::Relaxed) {
-            0 => Ok(()),
-            failed => Err(KafkaError::Delivery { topic: self.topic.clone(), failed }),
-        }
+        self.outbox.send(record)
     }
 }

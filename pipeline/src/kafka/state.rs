@@ -7,7 +7,7 @@
 //! from, the partition's watermark there, and where emission resumes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,13 +16,13 @@ use peergraph_topology::{Epoch, WorkloadEdge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::outbox::Outbox;
 use super::KafkaError;
 use crate::config::KafkaConfig;
-use crate::kafka::{send_waiting, DeliveryFailures};
 use crate::metrics::Metrics;
 
 /// One sighting in the long-horizon history: `edge` was seen in the coarse tick ending at
@@ -148,44 +148,21 @@ impl Resume {
 
 /// One worker's writer of the long-horizon histories: a record when the worker first puts a
 /// sighting into the history or its dataflow derives a volume tick, a tombstone when the record's
-/// time to live has run out. Records go out batched by the producer and are flushed before the
-/// offsets of the flows that caused them are committed.
+/// time to live has run out. Records go out through the worker's [`Outbox`], batched by its
+/// producer, and are durable (flushed, or committed in the same transaction) before the offsets
+/// of the flows that caused them are committed.
 pub struct HistoryStore {
-    producer: ThreadedProducer<DeliveryFailures>,
-    failed: Arc<AtomicU64>,
+    outbox: Rc<Outbox>,
     topic: String,
     ttl_ms: u64,
     /// Keys of the sightings this worker wrote or loaded, by the epoch their tombstone is due.
     expiring: BTreeMap<Epoch, Vec<String>>,
-    unflushed: bool,
     metrics: Arc<Metrics>,
 }
 
 impl HistoryStore {
-    pub fn new(
-        client: &ClientConfig,
-        topic: &str,
-        ttl_ms: u64,
-        metrics: Arc<Metrics>,
-    ) -> Result<HistoryStore, KafkaError> {
-        let context = DeliveryFailures::new("state record");
-        let failed = context.counter();
-        let producer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .create_with_context(context)
-            .map_err(|source| KafkaError::Client { context: format!("creating the producer for {topic}"), source })?;
-        Ok(HistoryStore {
-            producer,
-            failed,
-            topic: topic.to_owned(),
-            ttl_ms,
-            expiring: BTreeMap::new(),
-            unflushed: false,
-            metrics,
-        })
+    pub fn new(outbox: Rc<Outbox>, topic: &str, ttl_ms: u64, metrics: Arc<Metrics>) -> HistoryStore {
+        HistoryStore { outbox, topic: topic.to_owned(), ttl_ms, expiring: BTreeMap::new(), metrics }
     }
 
     /// Persists a sighting this worker just put into the history.
@@ -233,31 +210,12 @@ impl HistoryStore {
         Ok(())
     }
 
-    /// Makes everything written so far durable.
-    pub fn flush(&mut self) -> Result<(), KafkaError> {
-        if !self.unflushed {
-            return Ok(());
-        }
-        self.producer.flush(Duration::from_secs(60)).map_err(|source| KafkaError::Client {
-            context: format!("flushing state records to {}", self.topic),
-            source,
-        })?;
-        let failed = self.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            return Err(KafkaError::Delivery { topic: self.topic.clone(), failed });
-        }
-        self.unflushed = false;
-        Ok(())
-    }
-
     fn send(&mut self, key: &str, payload: Option<&[u8]>) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<str, [u8]>::to(&self.topic).key(key);
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).key(key.as_bytes());
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        self.unflushed = true;
-        send_waiting(&self.producer, record)
-            .map_err(|source| KafkaError::Client { context: format!("producing to {}", self.topic), source })
+        self.outbox.send(record)
     }
 }
 
