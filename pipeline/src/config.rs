@@ -429,7 +429,8 @@ mod tests {
         assert!(shown.contains("[[entities.external_groups]]") && shown.contains("151.101.0.0/16"), "{shown}");
         // Refused: a bad CIDR (by the parser, naming the value), a duplicate name, a network
         // inside an internal network.
-        std::fs::write(&path, "[[entities.external_groups]]\nname = \"cdn\"\nnetworks = [\"151.101.0.0/33\"]\n").unwrap();
+        std::fs::write(&path, "[[entities.external_groups]]\nname = \"cdn\"\nnetworks = [\"151.101.0.0/33\"]\n")
+            .unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("invalid IP address syntax"), "{err}");
         assert!(err.contains("external_groups[0]") && err.contains("networks[0]"), "{err}");
@@ -441,7 +442,8 @@ mod tests {
         .unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("\"cdn\" is used by more than one group"), "{err}");
-        std::fs::write(&path, "[[entities.external_groups]]\nname = \"vpn\"\nnetworks = [\"192.168.8.0/24\"]\n").unwrap();
+        std::fs::write(&path, "[[entities.external_groups]]\nname = \"vpn\"\nnetworks = [\"192.168.8.0/24\"]\n")
+            .unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("inside the internal network 192.168.0.0/16"), "{err}");
     }

@@ -18,7 +18,7 @@ fn main() {
     let (groups, networks, lookups) = (arg(1, 100), arg(2, 20), arg(3, 1_000_000));
     let mut rng = ChaCha8Rng::seed_from_u64(7);
     // Public-looking IPv4 first octets (none internal) and IPv6 in 2001::/16.
-    let mut v4 = |rng: &mut ChaCha8Rng| Ipv4Addr::new(rng.random_range(11..=99), rng.random(), rng.random(), 1);
+    let v4 = |rng: &mut ChaCha8Rng| Ipv4Addr::new(rng.random_range(11..=99), rng.random(), rng.random(), 1);
     let config = ResolverConfig {
         external_groups: (0..groups)
             .map(|g| ExternalGroup {
@@ -52,13 +52,15 @@ fn main() {
             ungrouped.push(addr);
         }
     }
-    let internal: Vec<String> = (0..4096).map(|i| format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)).collect();
+    let internal: Vec<String> =
+        (0..4096).map(|i| format!("10.{}.{}.{}", i / 65536 % 256, i / 256 % 256, i % 256)).collect();
     assert!(grouped.iter().all(|a| resolver.resolve(a, None).workload.is_some()), "every grouped address is grouped");
     println!(
         "{groups} groups × {networks} networks ({} distinct), {lookups} lookups per class",
         config.external_groups.iter().map(|g| g.networks.len()).sum::<usize>()
     );
-    for (class, addrs) in [("internal host", &internal), ("external, no group", &ungrouped), ("external, grouped", &grouped)]
+    for (class, addrs) in
+        [("internal host", &internal), ("external, no group", &ungrouped), ("external, grouped", &grouped)]
     {
         let started = Instant::now();
         for i in 0..lookups {
