@@ -2,7 +2,8 @@
 //! (longest prefix wins) to an asset id, a role and a criticality; every address-based endpoint of
 //! the graph (`host:` / `ext:`) that falls in one becomes `asset:<id>`, in the role's peer group.
 //! Both sides are collections, so a relabel in the inventory updates every downstream result.
-//! Endpoints the sensor identified as pods keep their Kubernetes identity.
+//! Endpoints the sensor identified as pods keep their Kubernetes identity, and external addresses
+//! in a configured external group keep their group.
 
 use std::net::IpAddr;
 
@@ -50,16 +51,19 @@ fn networks_of(address: IpAddr) -> impl Iterator<Item = IpNet> {
 }
 
 /// `(entity, asset)`: the asset (longest matching network; ties by id) of every address-based
-/// endpoint in the graph.
+/// endpoint in the graph. External addresses in an external group (`entities.external_groups`)
+/// are not matched: the configuration already says what they are, and the long-horizon history
+/// holds them as their group's node, which a rename could not follow.
 pub fn asset_matches<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
     assets: VecCollection<'s, Epoch, AssetRecord>,
 ) -> VecCollection<'s, Epoch, (String, AssetRecord)> {
     let addressed = contacts
         .flat_map(|(edge, _)| {
-            [edge.src.entity, edge.dst.entity]
-                .into_iter()
-                .filter_map(|entity| address_of(&entity).map(|address| (entity, address)))
+            [edge.src, edge.dst].into_iter().filter(|end| end.external_group().is_none()).filter_map(|end| {
+                let address = address_of(&end.entity)?;
+                Some((end.entity, address))
+            })
         })
         .distinct();
     let candidates =
@@ -215,5 +219,29 @@ mod tests {
         let role = Some("role:domain-controller".to_owned());
         assert_eq!(state_at(1000), vec![("asset:dc-1".to_owned(), role.clone(), "ext:203.0.113.9".to_owned())]);
         assert_eq!(state_at(2000), vec![("asset:dc-2".to_owned(), role, "ext:203.0.113.9".to_owned())]);
+    }
+
+    /// An inventory network covering external addresses renames the ungrouped one only: an
+    /// address in an external group keeps its entity and group.
+    #[test]
+    fn grouped_external_addresses_are_not_matched_against_the_inventory() {
+        let contacts = vec![
+            (edge("host:10.0.4.7", None, "ext:198.51.100.9", Some("ext-group:saas"), 443), 1000, 1),
+            (edge("host:10.0.4.7", None, "ext:198.51.100.10", None, 443), 1000, 1),
+        ];
+        let out = crate::testing::run_collection(contacts, 2000, |contacts| {
+            let scope = contacts.scope();
+            let (_, assets) = scope.new_collection_from(vec![asset("198.51.100.0/24", "partner", Some("partner"))]);
+            resolve_assets(contacts.clone(), asset_matches(contacts, assets))
+                .map(|(edge, _)| (edge.dst.entity, edge.dst.workload))
+        });
+        let ends: Vec<(String, Option<String>)> = out.into_iter().map(|(end, _)| end).collect();
+        assert_eq!(
+            ends,
+            vec![
+                ("asset:partner".to_owned(), Some("role:partner".to_owned())),
+                ("ext:198.51.100.9".to_owned(), Some("ext-group:saas".to_owned())),
+            ]
+        );
     }
 }

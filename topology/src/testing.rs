@@ -214,8 +214,8 @@ impl Scenario {
         let mut members: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for edge in self.edges_at(at).keys() {
             for end in [&edge.src, &edge.dst] {
-                if let Some(group) = &end.workload {
-                    members.entry(end.entity.clone()).or_default().insert(group.clone());
+                if let Some(group) = end.peer_group() {
+                    members.entry(end.entity.clone()).or_default().insert(group.to_owned());
                 }
             }
         }
