@@ -73,9 +73,14 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     config.topics.state = format!("{}.state", config.input.group_id);
     config.metrics.listen = String::new();
     let started = Instant::now();
-    let report = crate::run::run(&config, Arc::new(AtomicBool::new(false)), Metrics::new())?;
-    let pipeline =
-        Measure { what: "peergraph run", messages: report.messages, seconds: started.elapsed().as_secs_f64() };
+    let report = crate::run::run(&config, Arc::new(AtomicBool::new(false)), Metrics::new());
+    let seconds = started.elapsed().as_secs_f64();
+    // The run's state topic is of no use to any later run.
+    if let Err(error) = kafka::delete_topics(&config.kafka, &[config.topics.state.as_str()]) {
+        tracing::warn!(%error, topic = %config.topics.state, "could not delete the benchmark's state topic");
+    }
+    let report = report?;
+    let pipeline = Measure { what: "peergraph run", messages: report.messages, seconds };
 
     println!("topic {topic}: {} messages; pipeline workers: {}", raw.messages, args.workers);
     println!("{:<28} {:>10} {:>9} {:>12} {:>8}", "", "messages", "seconds", "msgs/s", "vs raw");

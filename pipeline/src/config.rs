@@ -193,6 +193,10 @@ pub struct RunConfig {
     /// Format the alerts and service-graph edges are written in; `avro-confluent` needs
     /// `[schema_registry]`.
     pub alert_format: WireFormat,
+    /// Write every worker's output (alerts, graph changes, state records, dead letters) and its
+    /// consumed offsets in Kafka transactions, so that even after a crash a read-committed
+    /// consumer sees each output once. Needs a broker with transactions enabled.
+    pub exactly_once: bool,
 }
 
 impl Default for RunConfig {
@@ -205,6 +209,7 @@ impl Default for RunConfig {
             idle_timeout: Duration::from_secs(10),
             stop_at_end: false,
             alert_format: WireFormat::Json,
+            exactly_once: false,
         }
     }
 }
@@ -270,6 +275,7 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.time.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        self.entities.validate().map_err(|e| ConfigError::Invalid(e.to_string()))?;
         let run = &self.run;
         if run.workers == 0 {
             return Err(ConfigError::Invalid("run.workers must be at least 1".into()));
@@ -340,6 +346,7 @@ impl Config {
             peer_groups: self.peer_groups.clone(),
             detectors: self.detectors.clone(),
             lifecycle: self.lifecycle.clone(),
+            complete_from: 0,
         }
     }
 
@@ -403,6 +410,47 @@ mod tests {
         std::fs::write(&path, "[kafka]\nbrokerz = \"x\"\n").unwrap();
         let err = Config::load(Some(&path)).unwrap_err().to_string();
         assert!(err.contains("brokerz"), "{err}");
+    }
+
+    #[test]
+    fn external_groups_are_read_from_entities_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[entities]\ninternal_networks = [\"10.0.0.0/8\"]\n\
+             [[entities.external_groups]]\nname = \"salesforce\"\nnetworks = [\"13.108.0.0/14\", \"96.43.144.0/20\", \"2a01:111::/32\"]\n\
+             [[entities.external_groups]]\nname = \"cdn\"\nnetworks = [\"151.101.0.0/16\"]\n",
+        )
+        .unwrap();
+        let loaded = Config::load(Some(&path)).unwrap();
+        let groups = &loaded.entities.external_groups;
+        assert_eq!(groups.iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), vec!["salesforce", "cdn"]);
+        assert_eq!(groups[0].networks[2], "2a01:111::/32".parse::<ipnet::IpNet>().unwrap());
+        // The topology resolves with them, and the effective configuration shows them.
+        let resolver = peergraph_topology::EntityResolver::new(&loaded.topology().entities);
+        assert_eq!(resolver.resolve("96.43.150.1", None).node(), "ext-group:salesforce");
+        let shown = loaded.to_redacted_toml();
+        assert!(shown.contains("[[entities.external_groups]]") && shown.contains("151.101.0.0/16"), "{shown}");
+        // Refused: a bad CIDR (by the parser, naming the value), a duplicate name, a network
+        // inside an internal network.
+        std::fs::write(&path, "[[entities.external_groups]]\nname = \"cdn\"\nnetworks = [\"151.101.0.0/33\"]\n")
+            .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("invalid IP address syntax"), "{err}");
+        assert!(err.contains("external_groups[0]") && err.contains("networks[0]"), "{err}");
+        std::fs::write(
+            &path,
+            "[[entities.external_groups]]\nname = \"cdn\"\nnetworks = [\"151.101.0.0/16\"]\n\
+             [[entities.external_groups]]\nname = \"cdn\"\nnetworks = [\"199.232.0.0/16\"]\n",
+        )
+        .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("\"cdn\" is used by more than one group"), "{err}");
+        std::fs::write(&path, "[[entities.external_groups]]\nname = \"vpn\"\nnetworks = [\"192.168.8.0/24\"]\n")
+            .unwrap();
+        let err = Config::load(Some(&path)).unwrap_err().to_string();
+        assert!(err.contains("inside the internal network 192.168.0.0/16"), "{err}");
     }
 
     #[test]

@@ -14,6 +14,7 @@ use anyhow::Context;
 use differential_dataflow::input::InputSession;
 use peergraph_schemas::codec::SchemaRegistry;
 use peergraph_schemas::{Alert, GraphEdge};
+use peergraph_topology::volume_history::{expires_at, settles_at};
 use peergraph_topology::{
     build, AssetRecord, Edge, Epoch, Indicator, Inputs, ResumedAlerts, TimeConfig, Volume, WorkloadEdge,
 };
@@ -24,14 +25,15 @@ use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::core::Input as _;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::operators::vec::Broadcast;
-use timely::dataflow::operators::{Concat as _, Probe as _};
+use timely::dataflow::operators::{Concat as _, Inspect as _, Probe as _};
 
 use crate::api::{GraphApi, GraphShard};
 use crate::config::Config;
+use crate::kafka::outbox::Outbox;
 use crate::kafka::output::{produce, record_encoder, RecordSink};
 use crate::kafka::reference::{self, ReferenceReader};
 use crate::kafka::source::{EdgeBatch, FlowSource};
-use crate::kafka::state::{self, HistoryEntry, HistoryStore, Restored};
+use crate::kafka::state::{self, HistoryEntry, HistoryStore, Restored, VolumeEntry};
 use crate::kafka::{self, client_config};
 use crate::metrics::Metrics;
 
@@ -62,6 +64,8 @@ struct Feeds {
     assets: InputSession<Epoch, AssetRecord, isize>,
     indicators: InputSession<Epoch, Indicator, isize>,
     history: InputSession<Epoch, (WorkloadEdge, Epoch), isize>,
+    /// The volume history a previous run persisted.
+    volumes: InputSession<Epoch, (String, Epoch), isize>,
     /// Workload edges this worker already put into the history for a coarse epoch; only the
     /// current and the previous coarse epochs are kept.
     remembered: BTreeMap<Epoch, HashSet<WorkloadEdge>>,
@@ -114,11 +118,22 @@ impl Feeds {
         }
     }
 
+    /// Puts the volume ticks a previous run persisted back into the volume history, from when
+    /// they settled until they expire (the inputs have not advanced yet).
+    fn restore_volumes(&mut self, entries: &[VolumeEntry], time: &TimeConfig) {
+        for entry in entries {
+            let tick = (entry.entity.clone(), entry.coarse);
+            self.volumes.update_at(tick.clone(), settles_at(time, entry.coarse), entry.bytes as isize);
+            self.volumes.update_at(tick, expires_at(time, entry.coarse), -(entry.bytes as isize));
+        }
+    }
+
     fn advance_to(&mut self, time: Epoch) {
         self.contacts.advance_to(time);
         self.assets.advance_to(time);
         self.indicators.advance_to(time);
         self.history.advance_to(time);
+        self.volumes.advance_to(time);
     }
 
     fn flush(&mut self) {
@@ -126,6 +141,7 @@ impl Feeds {
         self.assets.flush();
         self.indicators.flush();
         self.history.flush();
+        self.volumes.flush();
     }
 }
 
@@ -182,6 +198,18 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     Ok(total)
 }
 
+/// Hands the volume ticks the dataflow derived since the last call to the state store.
+fn persist_volumes(
+    store: &mut HistoryStore,
+    derived: &RefCell<Vec<VolumeEntry>>,
+    time: &TimeConfig,
+) -> Result<(), crate::kafka::KafkaError> {
+    for entry in derived.borrow_mut().drain(..) {
+        store.remember_volume(&entry, expires_at(time, entry.coarse))?;
+    }
+    Ok(())
+}
+
 fn timely_config(config: &Config) -> anyhow::Result<timely::Config> {
     let run = &config.run;
     let communication = if run.processes > 1 {
@@ -224,8 +252,13 @@ fn run_worker(
     let peers = worker.peers();
     let mine: Vec<i32> = (0..partitions).filter(|p| *p as usize % peers == index).collect();
     let client = client_config(&config.kafka);
+    // One producer for everything the worker writes; transactional with `run.exactly_once`, with
+    // an id per worker of this cluster shape, so a restarted worker fences its crashed incarnation.
+    let transactional_id = format!("{}.worker-{index}-of-{peers}", config.input.group_id);
+    let outbox = Rc::new(Outbox::new(&client, config.run.exactly_once.then_some(transactional_id.as_str()))?);
+    let adapter = config.adapter(registry)?;
     let mut source =
-        FlowSource::open(config, &client, mine, partitions, peers, config.adapter(registry)?, metrics.clone())?;
+        FlowSource::open(config, &client, mine, partitions, peers, adapter, outbox.clone(), metrics.clone())?;
     let resume = source.resume();
     // What a previous run persisted (this worker's share of the history, the open alerts), read
     // before any flow.
@@ -234,13 +267,13 @@ fn run_worker(
     } else {
         let topic = &config.topics.state;
         let restored = state::load(&config.kafka, &client, topic, index, peers, &metrics)?;
-        let store = HistoryStore::new(&client, topic, config.time.history_ttl_ms(), metrics.clone())?;
+        let store = HistoryStore::new(outbox.clone(), topic, config.time.history_ttl_ms(), metrics.clone());
         (restored, Some(store))
     };
     let stopping = Rc::new(Cell::new(false));
     let sink_error = Rc::new(RefCell::new(None));
     let mut alert_sink = RecordSink::new(
-        &client,
+        outbox.clone(),
         &config.topics.alerts,
         record_encoder::<Alert>(config.run.alert_format, &config.topics.alerts, registry.map(|r| &**r))?,
         metrics.clone(),
@@ -253,7 +286,7 @@ fn run_worker(
         None
     } else {
         let mut sink = RecordSink::new(
-            &client,
+            outbox.clone(),
             &config.topics.service_graph,
             record_encoder::<GraphEdge>(config.run.alert_format, &config.topics.service_graph, registry.map(|r| &**r))?,
             metrics.clone(),
@@ -270,10 +303,12 @@ fn run_worker(
 
     let mut topology = config.topology();
     topology.lifecycle.observed_since = resume.observed_since;
+    topology.complete_from = resume.complete_from;
     if resume.resume_at > 0 && !config.topics.state.is_empty() {
         let open = Arc::new(restored.open_alerts);
         topology.lifecycle.resumed = Some(ResumedAlerts { at: resume.resume_at, open });
     }
+    let derived_volumes: Rc<RefCell<Vec<VolumeEntry>>> = Rc::new(RefCell::new(Vec::new()));
     let dataflow_index = worker.next_dataflow_index();
     let (mut feeds, mut announce_in, probe, graph_trace) = worker.dataflow::<Epoch, _, _>(|scope| {
         use differential_dataflow::input::Input as _;
@@ -281,7 +316,8 @@ fn run_worker(
         let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-        let outputs = build(&topology, Inputs { contacts, assets, indicators, history });
+        let (volumes_in, volumes) = scope.new_collection::<(String, Epoch), isize>();
+        let outputs = build(&topology, Inputs { contacts, assets, indicators, history, volumes });
         let graph_trace = outputs.graph.trace.clone();
         let produced = produce(outputs.alerts, alert_sink);
         let produced = match graph_sink {
@@ -289,6 +325,19 @@ fn run_worker(
             None => produced,
         };
         let (probe, _) = produced.probe();
+        // The volume ticks the dataflow derives, for the state topic: the probe covers them, so a
+        // commit never passes a tick that has not been handed to the store.
+        let derived = derived_volumes.clone();
+        outputs
+            .volume_records
+            .inner
+            .inspect(move |((entity, coarse), _, bytes)| {
+                if *bytes > 0 {
+                    let entry = VolumeEntry { entity: entity.clone(), coarse: *coarse, bytes: *bytes as i64 };
+                    derived.borrow_mut().push(entry);
+                }
+            })
+            .probe_with(&probe);
 
         let (announce_in, announcements) = scope.new_input::<Vec<Announcement>>();
         let (announced, finished) = (announced.clone(), finished.clone());
@@ -307,6 +356,7 @@ fn run_worker(
             assets: assets_in,
             indicators: indicators_in,
             history: history_in,
+            volumes: volumes_in,
             remembered: BTreeMap::new(),
             learned: Vec::new(),
         };
@@ -316,10 +366,14 @@ fn run_worker(
     let mut graph_shard: Option<GraphShard> = api.map(|api| api.attach(index, graph_trace, resume.resume_at));
 
     feeds.restore(&restored.history, &config.time);
+    feeds.restore_volumes(&restored.volumes, &config.time);
     if let Some(store) = history_store.as_mut() {
         restored.history.iter().for_each(|entry| store.adopt_loaded(entry));
+        for entry in &restored.volumes {
+            store.adopt_loaded_volume(entry, expires_at(&config.time, entry.coarse));
+        }
     }
-    drop(restored.history);
+    drop((restored.history, restored.volumes));
     let started = Instant::now();
     let mut replaying = resume.resume_at > 0;
 
@@ -416,9 +470,9 @@ fn run_worker(
                 metrics.restart_replay_ms.set(took.as_millis() as i64);
                 tracing::info!(worker = index, resume_at = resume.resume_at, ?took, "replay done: output resumes");
             }
-            // The history records of the committed flows are durable before their offsets are.
+            // The state records of the committed flows are durable with (or before) their offsets.
             if let Some(store) = history_store.as_mut() {
-                store.flush()?;
+                persist_volumes(store, &derived_volumes, &config.time)?;
             }
             source.commit_passed(frontier, CommitMode::Async)?;
             last_frontier = frontier;
@@ -457,7 +511,7 @@ fn run_worker(
     }
     let frontier = probe.with_frontier(|f| f.first().copied());
     if let Some(store) = history_store.as_mut() {
-        store.flush()?;
+        persist_volumes(store, &derived_volumes, &config.time)?;
     }
     source.commit_passed(frontier, CommitMode::Sync)?;
     if let Some(error) = sink_error.borrow_mut().take() {

@@ -19,9 +19,12 @@ fn demo_shows_the_swapped_replica_alert() {
         .expect("run peergraph demo");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "demo failed: {stdout}\n{}", String::from_utf8_lossy(&output.stderr));
-    let raised =
-        stdout.lines().find(|l| l.starts_with("RAISED")).unwrap_or_else(|| panic!("no alert shown:\n{stdout}"));
-    assert!(raised.contains("peer_unique_destination") && raised.contains("ext:203.0.113.66"), "{raised}");
+    // Other detectors may raise alerts too, and which comes first depends on the machine's load.
+    let raised = stdout
+        .lines()
+        .find(|l| l.starts_with("RAISED") && l.contains("peer_unique_destination"))
+        .unwrap_or_else(|| panic!("no swapped-replica alert shown:\n{stdout}"));
+    assert!(raised.contains("ext:203.0.113.66"), "{raised}");
     let written = std::fs::read_to_string(&alerts).unwrap();
     let swapped: serde_json::Value = written
         .lines()

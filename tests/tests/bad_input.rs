@@ -1,6 +1,7 @@
 //! Bad input on a real broker: undecodable messages, invalid flows, unknown schema ids and
 //! oversized messages are counted by reason, dead-lettered with the reason and their origin, and
-//! the pipeline keeps going; a broker that is not there is a clear error, not a panic.
+//! the pipeline keeps going; a dead letter the broker refuses stops the run before its message's
+//! offset is committed; a broker that is not there is a clear error, not a panic.
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -116,6 +117,54 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
         .map(|(offset, (payload, reason))| (reason.to_string(), offset.to_string(), payload.clone()))
         .collect();
     assert_eq!(dead, expected);
+}
+
+/// A dead letter the broker refuses (here: larger than the dead-letter topic accepts) must not
+/// be lost: the worker stops with the delivery failure before the offset of its message is
+/// committed, so a restart reads the message again.
+#[test]
+fn a_dead_letter_the_broker_refuses_stops_the_run_before_its_offset_is_committed() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::{Offset, TopicPartitionList};
+
+    let mut config = peergraph_tests::config("dead-letter-refused");
+    config.topics.dead_letter = format!("{}.dead", config.topics.flows);
+    config.topics.partitions = 1;
+    config.run.stop_at_end = true;
+    let admin: AdminClient<DefaultClientContext> = peergraph::kafka::client_config(&config.kafka).create().unwrap();
+    let small =
+        NewTopic::new(&config.topics.dead_letter, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "200");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let created = runtime.block_on(admin.create_topics(&[small], &AdminOptions::new())).expect("create topics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
+
+    let avro = Encoder::<Flow>::new(WireFormat::AvroSingleObject).unwrap();
+    let mut junk = b"\x07".to_vec();
+    junk.resize(1_000, b' ');
+    let producer: BaseProducer = peergraph::kafka::client_config(&config.kafka).create().unwrap();
+    for payload in [avro.encode_to_vec(&flow(0)).unwrap(), junk, avro.encode_to_vec(&flow(1)).unwrap()] {
+        producer.send(BaseRecord::<[u8], [u8]>::to(&config.topics.flows).payload(&payload)).unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let metrics = Metrics::new();
+    let error = peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), metrics.clone())
+        .expect_err("a refused dead letter stops the run");
+    assert!(format!("{error:#}").contains(&config.topics.dead_letter), "{error:#}");
+    assert_eq!(metrics.dead_lettered.get(), 1, "handed to the producer, then refused by the broker");
+
+    let consumer: BaseConsumer =
+        peergraph::kafka::client_config(&config.kafka).set("group.id", &config.input.group_id).create().unwrap();
+    let mut partitions = TopicPartitionList::new();
+    partitions.add_partition(&config.topics.flows, 0);
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10)).unwrap();
+    let offset = committed.find_partition(&config.topics.flows, 0).map(|p| p.offset());
+    assert!(
+        matches!(offset, Some(Offset::Invalid) | Some(Offset::Offset(0 | 1))),
+        "the refused message (offset 1) must be read again: committed {offset:?}"
+    );
 }
 
 #[test]

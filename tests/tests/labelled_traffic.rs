@@ -56,7 +56,10 @@ fn findings(config: &TopologyConfig, flows: Vec<Flow>) -> BTreeMap<Identity, Vec
                 let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
                 let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
                 let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-                let outputs = build(&topology, Inputs { contacts, assets, indicators, history });
+                // Nothing restored: the volume history is derived from the flows alone.
+                let (volumes_in, volumes) = scope.new_collection::<(String, Epoch), isize>();
+                drop(volumes_in);
+                let outputs = build(&topology, Inputs { contacts, assets, indicators, history, volumes });
                 let (probe, _) = outputs.findings.inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
                 (contacts_in, assets_in, indicators_in, history_in, probe)
             });

@@ -1,7 +1,8 @@
 //! Restarts on a real broker: a pipeline stopped part-way and started again over the rest of the
 //! stream produces exactly what one uninterrupted run produces (the window is replayed silently
 //! up to the resume point, then emission goes on), and the long-horizon history of workload
-//! edges survives in the state topic, so an edge learned before the restart is not new after it.
+//! edges survives in the state topic, so an edge learned before the restart is not new after it,
+//! as does the volume history, so an entity is still judged by its own busiest coarse tick.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
@@ -210,9 +211,16 @@ fn assert_same(restarted: &BTreeMap<String, usize>, uninterrupted: &BTreeMap<Str
 /// seconds, then asks it to stop, as SIGTERM does.
 fn run_until_caught_up(config: &Config) -> (RunReport, Arc<Metrics>) {
     let mut live = config.clone();
-    live.run.stop_at_end = false;
     // Nothing is idle here: every partition holds the frontier until the records run out.
     live.run.idle_timeout = Duration::from_secs(600);
+    run_live(&live)
+}
+
+/// Runs the pipeline live (not `stop_at_end`), with `config`'s idle timeout, until its output
+/// frontier has stood still for two seconds, then asks it to stop.
+fn run_live(config: &Config) -> (RunReport, Arc<Metrics>) {
+    let mut live = config.clone();
+    live.run.stop_at_end = false;
     let metrics = Metrics::new();
     let shutdown = Arc::new(AtomicBool::new(false));
     let running = {
@@ -232,6 +240,35 @@ fn run_until_caught_up(config: &Config) -> (RunReport, Arc<Metrics>) {
     }
     shutdown.store(true, std::sync::atomic::Ordering::Relaxed);
     (running.join().expect("the run thread"), metrics)
+}
+
+/// A backlog read live (a pipeline started after downtime) is decided as a replay is: a partition
+/// the consumer has not served for a while is not idle while records are known to wait on it, so
+/// however short `run.idle_timeout` is, no flow is dropped as late that reading the same topic to
+/// its end would accept.
+#[test]
+fn a_backlog_read_live_drops_nothing_as_late() {
+    let mut config = peergraph_tests::config("backlog");
+    config.time.window = Duration::from_secs(60);
+    config.run.workers = 1;
+    config.run.idle_timeout = Duration::from_millis(1);
+    config.input.max_batch = 100;
+    config.simulate.seed = 5;
+    config.simulate.start_ms = Some(START_MS);
+    config.simulate.duration = Duration::from_secs(4 * 60);
+    let simulated = peergraph::simulate::simulate(&config, &AtomicBool::new(false)).expect("simulate");
+
+    let (live, metrics) = run_live(&config);
+    assert_eq!(live.messages, simulated.flows, "the whole backlog was read");
+    let mut to_the_end = reference_of(&config);
+    to_the_end.run.stop_at_end = true;
+    let (_, reference) = run(&to_the_end);
+    assert_eq!(
+        metrics.rejected("late"),
+        reference.rejected("late"),
+        "read live, the backlog loses flows as late that a read to the end accepts"
+    );
+    assert_eq!(metrics.flows_accepted.get(), reference.flows_accepted.get());
 }
 
 fn flow(at_s: i64, src: &str, dst: &str, dst_port: i32) -> Flow {
@@ -356,4 +393,69 @@ fn an_edge_learned_before_a_restart_is_not_new_after_it() {
         ],
         "only the edges never seen before are new after the restart: {alerts:#?}"
     );
+}
+
+#[test]
+fn an_entitys_own_volume_history_survives_a_restart() {
+    let mut config = peergraph_tests::config("volumes");
+    config.time.window = Duration::from_secs(10);
+    config.time.allowed_lateness = Duration::from_secs(1);
+    config.time.history_tick = Duration::from_secs(10);
+    config.time.history_ttl = Duration::from_secs(3600);
+    let exfil = &mut config.detectors.exfiltration;
+    (exfil.min_bytes, exfil.ungrouped_min_bytes) = (10_000, 50_000);
+    (exfil.min_ratio_to_own, exfil.min_history_ticks) = (2, 3);
+    config.detectors.beaconing.enabled = false;
+    config.run.workers = 2;
+    config.run.stop_at_end = true;
+    config.run.idle_timeout = Duration::from_secs(2);
+    // Small poll batches: the restart replays about one window, so only the state topic can
+    // remember the early coarse ticks.
+    config.input.max_batch = 10;
+    peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
+
+    let (host, external) = ("10.0.0.8", "198.51.100.7");
+    let upload = |t: i64, bytes: i64| Flow { bytes_out: bytes, ..flow(t, host, external, 443) };
+    // Before the restart: 3,000 bytes a second, 30,000 per 10-second coarse tick.
+    let first: Vec<Flow> = (1..=60).map(|t| upload(t, 3000)).collect();
+    publish(&config, &first);
+    run(&config);
+
+    // After it: the same for ten seconds, then 55,000 in one window (above the ungrouped floor
+    // of 50,000 but below twice its busiest tick), then 65,000 (above both).
+    let mut rest: Vec<Flow> = (70..=79).map(|t| upload(t, 3000)).collect();
+    rest.extend((85..=89).map(|t| upload(t, 11_000)));
+    rest.extend((95..=99).map(|t| upload(t, 13_000)));
+    publish(&config, &rest);
+    let (after, metrics) = run(&config);
+    assert!(after.resumed_at > 0);
+    assert!(metrics.replayed_messages.get() < first.len() as u64 / 2, "the replay is about one window");
+
+    let alerts: Vec<Alert> = peergraph_tests::read_topic(&config, &config.topics.alerts);
+    let exfiltration: Vec<&Alert> = alerts.iter().filter(|a| a.detector == "exfiltration").collect();
+    let raised: Vec<&&Alert> = exfiltration.iter().filter(|a| a.event == AlertEvent::Raised).collect();
+    assert_eq!(raised.len(), 1, "{exfiltration:#?}");
+    let at_s = (raised[0].event_time_ms - START_MS) / 1000;
+    assert!((95..=100).contains(&at_s), "raised by the 65,000-byte window, not the 55,000 one: at {at_s} s");
+    let evidence = &raised[0].evidence;
+    assert_eq!(evidence["own_peak_tick_bytes"], "30000");
+    let ticks: i64 = evidence["own_history_ticks"].parse().expect("a count");
+    assert!(ticks >= 6, "the ticks before the restart count (at most 3 would without them): {ticks}");
+
+    // The state topic holds the first run's ticks whole; none was recorded in part.
+    let client = peergraph::kafka::client_config(&config.kafka);
+    let state = peergraph::kafka::state::load(&config.kafka, &client, &config.topics.state, 0, 1, &Metrics::default())
+        .expect("the state topic reads back");
+    let ticks: BTreeMap<i64, i64> = state
+        .volumes
+        .iter()
+        .filter(|v| v.entity == format!("host:{host}"))
+        .map(|v| ((v.coarse as i64 - START_MS) / 1000, v.bytes))
+        .collect();
+    for coarse in [10, 20, 30, 40, 50] {
+        assert_eq!(ticks.get(&coarse), Some(&30_000), "tick {coarse}: {ticks:?}");
+    }
+    assert!(ticks.range(..=60).all(|(_, bytes)| *bytes == 30_000), "{ticks:?}");
+    // Derived after the restart (a flow at 70 s belongs to the tick ending at 70 s).
+    assert_eq!((ticks.get(&70), ticks.get(&80)), (Some(&3000), Some(&27_000)), "{ticks:?}");
 }

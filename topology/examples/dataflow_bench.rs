@@ -85,9 +85,10 @@ fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig, assets:
         let assets = assets_collection;
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-        let outputs = build(config, Inputs { contacts, assets, indicators, history });
+        let (volumes_in, volumes) = scope.new_collection::<(String, Epoch), isize>();
+        let outputs = build(config, Inputs { contacts, assets, indicators, history, volumes });
         let (probe, _) = outputs.alerts.probe();
-        drop((assets_in, indicators_in, history_in));
+        drop((assets_in, indicators_in, history_in, volumes_in));
         (contacts_in, probe, outputs.graph.trace)
     })
 }

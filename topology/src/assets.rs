@@ -2,7 +2,8 @@
 //! (longest prefix wins) to an asset id, a role and a criticality; every address-based endpoint of
 //! the graph (`host:` / `ext:`) that falls in one becomes `asset:<id>`, in the role's peer group.
 //! Both sides are collections, so a relabel in the inventory updates every downstream result.
-//! Endpoints the sensor identified as pods keep their Kubernetes identity.
+//! Endpoints the sensor identified as pods keep their Kubernetes identity, and external addresses
+//! in a configured external group keep their group.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -55,8 +56,10 @@ fn networks_of(address: IpAddr) -> impl Iterator<Item = IpNet> {
 }
 
 /// `(address, asset)`: the asset (longest matching network; ties by id) of every address of an
-/// address-based endpoint in the graph. Every endpoint with that address (`host:` or `ext:`)
-/// resolves to it.
+/// address-based endpoint in the graph. Every such endpoint with that address (`host:` or `ext:`)
+/// resolves to it. External addresses in an external group (`entities.external_groups`) are not
+/// matched: the configuration already says what they are, and the long-horizon history holds them
+/// as their group's node, which a rename could not follow.
 pub fn asset_matches<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
     assets: VecCollection<'s, Epoch, AssetRecord>,
@@ -65,7 +68,7 @@ pub fn asset_matches<'s>(
     outer.region_named("AssetMatches", |inner| {
         let addresses = contacts
             .enter_region(inner)
-            .flat_map(|(edge, _)| [address_of(&edge.src.entity), address_of(&edge.dst.entity)].into_iter().flatten())
+            .flat_map(|(edge, _)| [matchable(&edge.src), matchable(&edge.dst)].into_iter().flatten())
             .distinct_total();
         let candidates = addresses.flat_map(|address| networks_of(address).map(move |network| (network, address)));
         candidates
@@ -84,12 +87,18 @@ pub fn asset_matches<'s>(
     })
 }
 
+/// The address an endpoint is matched against the inventory by: an address-based endpoint's,
+/// unless it is in an external group.
+fn matchable(end: &Endpoint) -> Option<IpAddr> {
+    end.external_group().is_none().then(|| address_of(&end.entity)).flatten()
+}
+
 /// Renames one end of every record: where the end's address, `key(record)`, has a name in `names`,
 /// `set` puts the name in; other records pass unchanged. `names` holds at most one name per
 /// address.
 ///
-/// `key` returns `None` for an end that has no address (a pod, a workload): such records are
-/// neither indexed nor joined, they pass straight through. The others are arranged once, by
+/// `key` returns `None` for an end that has no address or is not matched (a pod, a workload, an
+/// external group): such records are neither indexed nor joined, they pass straight through. The others are arranged once, by
 /// address, and one join against the names emits, for each record that has a name, its renamed
 /// form and the retraction of the original; those changes are added to the untouched records. So
 /// the rename costs one arrangement of the records with an address-based end, plus join work for
@@ -135,11 +144,10 @@ pub fn resolve_assets<'s>(
         let src = rename_end(
             contacts.enter_region(inner),
             endpoints.clone(),
-            |(edge, _)| address_of(&edge.src.entity),
+            |(edge, _)| matchable(&edge.src),
             |(edge, _), e| edge.src = e,
         );
-        rename_end(src, endpoints, |(edge, _)| address_of(&edge.dst.entity), |(edge, _), e| edge.dst = e)
-            .leave_region(outer)
+        rename_end(src, endpoints, |(edge, _)| matchable(&edge.dst), |(edge, _), e| edge.dst = e).leave_region(outer)
     })
 }
 
@@ -217,8 +225,10 @@ mod tests {
     }
 
     /// Entities of the property test: hosts and external addresses (IPv4 and IPv6) that fall in
-    /// several of the networks below, some in none, and pods that never match.
-    const ENTITIES: [&str; 9] = [
+    /// several of the networks below, some in none, pods that never match, and an external address
+    /// in an external group (never matched either).
+    const ENTITIES: [&str; 10] = [
+        "ext:203.0.113.77",
         "host:10.0.0.2",
         "host:10.0.0.9",
         "host:10.0.1.7",
@@ -245,14 +255,20 @@ mod tests {
 
     fn endpoint(entity: usize) -> Endpoint {
         let entity = ENTITIES[entity];
-        let workload = entity.strip_prefix("pod:ns/").map(|pod| format!("workload:ns/Deployment/{}", &pod[..1]));
+        let workload = match entity.strip_prefix("pod:ns/") {
+            Some(pod) => Some(format!("workload:ns/Deployment/{}", &pod[..1])),
+            None => (entity == "ext:203.0.113.77").then(|| "ext-group:partner".to_owned()),
+        };
         Endpoint { entity: entity.to_owned(), workload }
     }
 
     /// The reference: an endpoint renamed by the longest listed network that holds its address
-    /// (ties by the smallest id), computed directly from the inventory at one time.
+    /// (ties by the smallest id), computed directly from the inventory at one time; pods and
+    /// external groups keep theirs.
     fn resolved(endpoint: &Endpoint, inventory: &[AssetRecord]) -> Endpoint {
-        let Some(address) = address_of(&endpoint.entity) else { return endpoint.clone() };
+        let Some(address) = address_of(&endpoint.entity).filter(|_| endpoint.external_group().is_none()) else {
+            return endpoint.clone();
+        };
         inventory
             .iter()
             .filter(|asset| asset.network.contains(&address))
@@ -353,7 +369,7 @@ mod tests {
         /// what is live then.
         #[test]
         fn resolution_equals_the_reference_at_every_time(
-            contacts in proptest::collection::vec((0..9usize, 0..9usize, 0..2u16, 0..8u64, 0..12u64), 0..14),
+            contacts in proptest::collection::vec((0..10usize, 0..10usize, 0..2u16, 0..8u64, 0..12u64), 0..14),
             listings in proptest::collection::vec((0..7usize, 0..3usize, 0..10u64, 0..12u64), 0..8),
         ) {
             const END: Epoch = 12;
@@ -457,5 +473,29 @@ mod tests {
         let role = Some("role:domain-controller".to_owned());
         assert_eq!(state_at(1000), vec![("asset:dc-1".to_owned(), role.clone(), "ext:203.0.113.9".to_owned())]);
         assert_eq!(state_at(2000), vec![("asset:dc-2".to_owned(), role, "ext:203.0.113.9".to_owned())]);
+    }
+
+    /// An inventory network covering external addresses renames the ungrouped one only: an
+    /// address in an external group keeps its entity and group.
+    #[test]
+    fn grouped_external_addresses_are_not_matched_against_the_inventory() {
+        let contacts = vec![
+            (edge("host:10.0.4.7", None, "ext:198.51.100.9", Some("ext-group:saas"), 443), 1000, 1),
+            (edge("host:10.0.4.7", None, "ext:198.51.100.10", None, 443), 1000, 1),
+        ];
+        let out = crate::testing::run_collection(contacts, 2000, |contacts| {
+            let scope = contacts.scope();
+            let (_, assets) = scope.new_collection_from(vec![asset("198.51.100.0/24", "partner", Some("partner"))]);
+            resolve_assets(contacts.clone(), asset_matches(contacts, assets))
+                .map(|(edge, _)| (edge.dst.entity, edge.dst.workload))
+        });
+        let ends: Vec<(String, Option<String>)> = out.into_iter().map(|(end, _)| end).collect();
+        assert_eq!(
+            ends,
+            vec![
+                ("asset:partner".to_owned(), Some("role:partner".to_owned())),
+                ("ext:198.51.100.9".to_owned(), Some("ext-group:saas".to_owned())),
+            ]
+        );
     }
 }

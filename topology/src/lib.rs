@@ -13,6 +13,7 @@ pub mod stats;
 pub mod time;
 pub mod topology;
 pub mod volume;
+pub mod volume_history;
 
 #[cfg(test)]
 mod testing;

@@ -57,7 +57,10 @@ pub fn membership<'s>(
     let labelled = edges
         .clone()
         .flat_map(|edge| {
-            [edge.src, edge.dst].into_iter().filter_map(|end| end.workload.map(|group| (end.entity, group)))
+            [edge.src, edge.dst].into_iter().filter_map(|end| {
+                let group = end.peer_group()?.to_owned();
+                Some((end.entity, group))
+            })
         })
         .distinct();
     if !config.served_port_profiles {
@@ -107,8 +110,8 @@ mod tests {
         Endpoint { entity: entity.to_owned(), workload: workload.map(str::to_owned) }
     }
 
-    /// Contacts among unlabelled hosts, replicas of one workload and an external address, on a
-    /// few services, some failed.
+    /// Contacts among unlabelled hosts, replicas of one workload, an external address and a
+    /// grouped external address, on a few services, some failed.
     fn contacts() -> impl Strategy<Value = Vec<(Edge, Epoch, Volume)>> {
         let ends = prop_oneof![
             Just(endpoint("host:10.0.0.1", None)),
@@ -118,6 +121,7 @@ mod tests {
             Just(endpoint("pod:shop/web-1", Some("workload:shop/Deployment/web"))),
             Just(endpoint("pod:shop/web-2", Some("workload:shop/Deployment/web"))),
             Just(endpoint("ext:203.0.113.9", None)),
+            Just(endpoint("ext:198.51.100.7", Some("ext-group:saas"))),
         ];
         let services = prop_oneof![Just((22u16, 6u8)), Just((443, 6)), Just((53, 17)), Just((5432, 6))];
         let contact = (ends.clone(), ends, services, 1u64..=20, 1i64..=3, 0i64..=3).prop_map(
@@ -134,8 +138,8 @@ mod tests {
         let mut answered: BTreeMap<String, BTreeMap<(u16, u8), i64>> = BTreeMap::new();
         for (edge, _, volume) in contacts.iter().filter(|(_, at, _)| *at <= t && t < *at + WINDOW) {
             for end in [&edge.src, &edge.dst] {
-                if let Some(workload) = &end.workload {
-                    groups.insert((end.entity.clone(), workload.clone()));
+                if let Some(group) = end.peer_group() {
+                    groups.insert((end.entity.clone(), group.to_owned()));
                 }
             }
             if edge.dst.workload.is_none() && !edge.dst.is_external() {

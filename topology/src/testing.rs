@@ -35,6 +35,8 @@ pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Vol
         contacts,
         indicators: differential_dataflow::collection::concatenate(scope, Vec::new()),
         history: differential_dataflow::collection::concatenate(scope, Vec::new()),
+        volumes: differential_dataflow::collection::concatenate(scope, Vec::new()),
+        time: crate::time::TimeConfig::default(),
     }
 }
 
@@ -155,6 +157,18 @@ impl Scenario {
         Scenario { window, history_tick: 1, history_ttl: Epoch::MAX / 4, ..Scenario::default() }
     }
 
+    /// The time configuration the scenario stands for (a tick of 1 ms).
+    pub fn time(&self) -> crate::time::TimeConfig {
+        use std::time::Duration;
+        crate::time::TimeConfig {
+            tick: Duration::from_millis(1),
+            window: Duration::from_millis(self.window),
+            history_tick: Duration::from_millis(self.history_tick.max(1)),
+            history_ttl: Duration::from_millis(self.history_ttl),
+            ..crate::time::TimeConfig::default()
+        }
+    }
+
     pub fn coarse(&self, epoch: Epoch) -> Epoch {
         epoch.div_ceil(self.history_tick.max(1)) * self.history_tick.max(1)
     }
@@ -200,8 +214,8 @@ impl Scenario {
         let mut members: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
         for edge in self.edges_at(at).keys() {
             for end in [&edge.src, &edge.dst] {
-                if let Some(group) = &end.workload {
-                    members.entry(end.entity.clone()).or_default().insert(group.clone());
+                if let Some(group) = end.peer_group() {
+                    members.entry(end.entity.clone()).or_default().insert(group.to_owned());
                 }
             }
         }
@@ -251,6 +265,12 @@ where
             let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
             let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
             let edges = contacts.clone().map(|(edge, _)| edge);
+            let time = scenario.time();
+            let volumes = if scenario.with_history {
+                crate::volume_history::volume_history(contacts.clone(), history.scope().new_collection().1, &time, 0).0
+            } else {
+                differential_dataflow::collection::concatenate(scope, Vec::new())
+            };
             let inputs = DetectorInputs {
                 first_contacts: crate::graph::first_contacts(crate::graph::service_graph(contacts.clone())),
                 members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
@@ -258,6 +278,8 @@ where
                 contacts,
                 indicators,
                 history,
+                volumes,
+                time,
             };
             let (probe, _) = logic(inputs).inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
             (contacts_in, indicators_in, history_in, probe)

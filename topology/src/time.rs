@@ -98,6 +98,10 @@ impl TimeConfig {
         self.graph_retention.as_millis() as u64
     }
 
+    pub fn history_tick_ms(&self) -> u64 {
+        self.history_tick.as_millis() as u64
+    }
+
     pub fn history_ttl_ms(&self) -> u64 {
         self.history_ttl.as_millis() as u64
     }

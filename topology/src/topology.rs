@@ -15,6 +15,9 @@ use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timi
 use crate::peers::{membership, PeerGroupsConfig};
 use crate::time::{Epoch, TimeConfig};
 use crate::volume::Volume;
+#[cfg(doc)]
+use crate::volume_history::{expires_at, settles_at};
+use crate::volume_history::{volume_history, VolumeHistory};
 
 /// Everything the dataflow is parameterised by.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -25,6 +28,10 @@ pub struct TopologyConfig {
     pub peer_groups: PeerGroupsConfig,
     pub detectors: DetectorsConfig,
     pub lifecycle: LifecycleConfig,
+    /// Set by the pipeline on a restart: the newest epoch read before the replay point (coarse
+    /// ticks that start before it are not derived again; see [`crate::volume_history`]).
+    #[serde(skip)]
+    pub complete_from: Epoch,
 }
 
 /// The dataflow's inputs, fed by the pipeline (or a test).
@@ -39,6 +46,9 @@ pub struct Inputs<'s> {
     /// Workload edges at coarse epochs, +1 when first seen in a coarse tick and −1 when the history
     /// forgets them.
     pub history: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
+    /// The volume history a previous run persisted: `(entity, coarse epoch)` with its bytes, from
+    /// the tick's [`settles_at`] until its [`expires_at`].
+    pub volumes: VolumeHistory<'s>,
 }
 
 /// The dataflow's outputs.
@@ -52,6 +62,9 @@ pub struct Outputs<'s> {
     pub findings: VecCollection<'s, Epoch, Finding>,
     /// Alert lifecycle events, each at the epoch that produced it.
     pub alerts: Stream<'s, Epoch, Vec<Alert>>,
+    /// The volume history's records this run derived, consolidated (each enters at its tick's
+    /// [`settles_at`] and leaves at its [`expires_at`]): what the pipeline persists.
+    pub volume_records: VolumeHistory<'s>,
 }
 
 /// Builds the dataflow. The caller does the windowing of `contacts` (see `time`).
@@ -61,6 +74,8 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let contacts = resolve_assets(inputs.contacts, matches.clone());
     let edges = contacts.clone().map(|(edge, _epoch)| edge);
     let service = service_graph(contacts.clone());
+    let (volumes, volume_records) =
+        volume_history(contacts.clone(), inputs.volumes, &config.time, config.complete_from);
     let detector_inputs = DetectorInputs {
         first_contacts: first_contacts(service.clone()),
         members: membership(edges.clone(), &config.peer_groups),
@@ -68,6 +83,8 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
         contacts,
         indicators: inputs.indicators,
         history: resolve_history(inputs.history, matches.clone()),
+        volumes,
+        time: config.time.clone(),
     };
     let findings = weigh_by_criticality(findings(&config.detectors, &detector_inputs), matches);
     let observed = observation_start(edges.clone());
@@ -77,5 +94,6 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
         graph,
         alerts: alert_lifecycle(findings.clone(), observed, timings, config.lifecycle.resumed.clone()),
         findings,
+        volume_records,
     }
 }

@@ -1,6 +1,7 @@
 //! The Kafka edges of the pipeline: client configuration, topic provisioning, the flow source
 //! that feeds the timely workers and the output sinks (alerts, service graph) that write their output.
 
+pub mod outbox;
 pub mod output;
 pub mod reference;
 pub mod source;
@@ -25,16 +26,23 @@ use crate::config::{KafkaConfig, TopicsConfig};
 pub struct DeliveryFailures {
     what: &'static str,
     failed: Arc<AtomicU64>,
+    /// The topics refused records were for.
+    topics: Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>,
 }
 
 impl DeliveryFailures {
     pub fn new(what: &'static str) -> DeliveryFailures {
-        DeliveryFailures { what, failed: Arc::default() }
+        DeliveryFailures { what, failed: Arc::default(), topics: Arc::default() }
     }
 
     /// The count, shared with whoever checks it before committing progress.
     pub fn counter(&self) -> Arc<AtomicU64> {
         self.failed.clone()
+    }
+
+    /// The topics of the refused records, shared likewise.
+    pub fn topics(&self) -> Arc<std::sync::Mutex<std::collections::BTreeSet<String>>> {
+        self.topics.clone()
     }
 }
 
@@ -67,9 +75,12 @@ where
 impl ProducerContext for DeliveryFailures {
     type DeliveryOpaque = ();
     fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, _)) = result {
+        if let Err((error, message)) = result {
+            use rdkafka::message::Message as _;
             self.failed.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(%error, record = self.what, "delivery failed");
+            let topic = message.topic();
+            tracing::error!(%error, record = self.what, topic, "delivery failed");
+            self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(topic.to_owned());
         }
     }
 }
@@ -83,6 +94,10 @@ pub enum KafkaError {
     MissingTopic { topic: String, brokers: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     CreateTopic { topic: String, reason: String },
+    #[error("exactly-once output: {reason}")]
+    Transaction { reason: String },
+    #[error("cannot delete topic {topic:?}: {reason}")]
+    DeleteTopic { topic: String, reason: String },
     #[error("cannot encode an alert for {topic}: {reason}")]
     Encode { topic: String, reason: String },
     #[error("{failed} deliveries to {topic} failed; stopping so that their flows are replayed")]
@@ -182,6 +197,30 @@ fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
                 | UnknownTopicOrPartition
         )
     )
+}
+
+/// Deletes `names` (a topic that does not exist is not an error): for tools that create topics of
+/// their own, such as `bench`.
+pub fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), KafkaError> {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaError::DeleteTopic { topic: names.join(","), reason: e.to_string() })?;
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    let results = runtime
+        .block_on(admin.delete_topics(names, &options))
+        .map_err(|source| KafkaError::Client { context: format!("deleting topics {}", names.join(",")), source })?;
+    for result in results {
+        match result {
+            Ok(topic) => tracing::info!(topic, "deleted topic"),
+            Err((_, RDKafkaErrorCode::UnknownTopicOrPartition)) => {}
+            Err((topic, code)) => return Err(KafkaError::DeleteTopic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
 }
 
 /// Creates the flows, alerts, dead-letter, reference and state topics if they are missing.

@@ -1,26 +1,26 @@
 //! The output sinks: a timely operator on every worker that produces its worker's records (alert
-//! events keyed by alert id, service-graph changes keyed by edge) to a topic and flushes them
-//! before it lets the epoch's progress through, so an offset commit never overtakes an output it
-//! caused.
+//! events keyed by alert id, service-graph changes keyed by edge) to a topic once their epoch is
+//! closed, through the worker's [`Outbox`], and (unless the outbox is transactional, when the
+//! transaction's commit does it) flushes them before it lets the epoch's progress through, so an
+//! offset commit never overtakes an output it caused. An offset commit at output frontier `F`
+//! therefore covers exactly the records of the epochs before `F`.
 
 use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use peergraph_schemas::codec::{Encoder, Record, SchemaRegistry, WireFormat};
 use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::Epoch;
-use rdkafka::config::ClientConfig;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Pipeline;
 use timely::dataflow::operators::generic::Operator;
 use timely::dataflow::Stream;
 
+use super::outbox::Outbox;
 use super::KafkaError;
-use crate::kafka::{send_waiting, DeliveryFailures};
 use crate::metrics::Metrics;
 
 /// The encoder for records of type `T` produced to `topic` in `format`. `avro-confluent` takes
@@ -86,8 +86,7 @@ impl Output for GraphEdge {
 
 /// One worker's connection to an output topic.
 pub struct RecordSink<T: Output> {
-    producer: ThreadedProducer<DeliveryFailures>,
-    failed: Arc<AtomicU64>,
+    outbox: Rc<Outbox>,
     topic: String,
     encoder: Encoder<T>,
     metrics: Arc<Metrics>,
@@ -105,27 +104,18 @@ pub struct RecordSink<T: Output> {
 }
 
 impl<T: Output> RecordSink<T> {
-    /// A sink whose `stopping` flag and error slot are shared with other sinks of the worker.
+    /// A sink writing through the worker's `outbox`, whose `stopping` flag and error slot are
+    /// shared with other sinks of the worker.
     pub fn new(
-        client: &ClientConfig,
+        outbox: Rc<Outbox>,
         topic: &str,
         encoder: Encoder<T>,
         metrics: Arc<Metrics>,
         stopping: Rc<Cell<bool>>,
         error: Rc<RefCell<Option<KafkaError>>>,
     ) -> Result<RecordSink<T>, KafkaError> {
-        let context = DeliveryFailures::new("alert or graph edge");
-        let failed = context.counter();
-        let producer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "5")
-            .create_with_context(context)
-            .map_err(|source| KafkaError::Client { context: format!("creating the producer for {topic}"), source })?;
         Ok(RecordSink {
-            producer,
-            failed,
+            outbox,
             topic: topic.to_owned(),
             encoder,
             metrics,
@@ -158,39 +148,51 @@ impl<T: Output> RecordSink<T> {
     }
 
     fn send(&self, record: BaseRecord<'_, [u8], [u8]>) -> Result<(), KafkaError> {
-        let topic = record.topic.to_owned();
-        send_waiting(&self.producer, record)
-            .map_err(|source| KafkaError::Client { context: format!("producing to {topic}"), source })
+        self.outbox.send(record)
     }
 
+    /// Makes what was produced durable before the epoch's progress goes on; in a transaction the
+    /// commit does that.
     fn flush(&self) -> Result<(), KafkaError> {
-        self.producer
-            .flush(Duration::from_secs(60))
-            .map_err(|source| KafkaError::Client { context: format!("flushing alerts to {}", self.topic), source })?;
-        let failed = self.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            return Err(KafkaError::Delivery { topic: self.topic.clone(), failed });
+        if self.outbox.transactional() {
+            return Ok(());
         }
-        Ok(())
+        self.outbox.flush(&self.topic)
     }
 }
 
-/// Produces `records` to Kafka. The returned (empty) stream's frontier passes an epoch only after
-/// that epoch's records are acknowledged by the brokers: probe it to know what is durable.
+/// Produces `records` to Kafka, each epoch's once the epoch is closed. The returned (empty)
+/// stream's frontier passes an epoch only after that epoch's records are handed to the outbox and
+/// (not transactional) acknowledged by the brokers: probe it to know what a commit covers.
 pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSink<T>) -> Stream<'s, Epoch, Vec<()>> {
     let name = format!("Produce {}", sink.topic);
-    records.unary::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, &name, move |_, _| {
+    records.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, &name, move |_, _| {
         let mut buffer = Vec::new();
-        move |input, _output| {
-            let mut produced = 0;
-            input.for_each(|_cap, batch| {
+        // Records of epochs not yet closed, by epoch.
+        let mut open: BTreeMap<Epoch, Vec<T>> = BTreeMap::new();
+        move |(input, frontier), _output| {
+            input.for_each(|_, batch| {
                 if sink.stopping.get() || sink.error.borrow().is_some() {
                     batch.clear();
                     return;
                 }
+                // Each record carries the epoch that produced it as its event time.
                 for record in batch.drain(..) {
-                    // Each record carries the epoch that produced it as its event time.
-                    if (record.event_time_ms().max(0) as Epoch) < sink.resume_at {
+                    open.entry(record.event_time_ms().max(0) as Epoch).or_default().push(record);
+                }
+            });
+            let mut produced = 0;
+            while let Some(entry) = open.first_entry() {
+                if frontier.less_equal(entry.key()) {
+                    break;
+                }
+                if sink.stopping.get() || sink.error.borrow().is_some() {
+                    open.clear();
+                    break;
+                }
+                let epoch = *entry.key();
+                for record in entry.remove() {
+                    if epoch < sink.resume_at {
                         sink.metrics.outputs_suppressed.inc();
                         continue;
                     }
@@ -201,11 +203,11 @@ pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSi
                         }
                         Err(error) => {
                             *sink.error.borrow_mut() = Some(error);
-                            return;
+                            break;
                         }
                     }
                 }
-            });
+            }
             // The input's progress is reported only after this returns: flushing here keeps the
             // frontier from passing an epoch before its alerts are durable.
             if produced > 0 {

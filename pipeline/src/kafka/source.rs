@@ -6,6 +6,7 @@
 //! with the partition watermark it had there, so the window is rebuilt exactly.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,9 +17,10 @@ use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, TimeConfig, Volu
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::outbox::Outbox;
 use super::state::{Checkpoint, Resume};
 use super::KafkaError;
 use crate::config::{Config, LatePolicy};
@@ -38,6 +40,12 @@ struct PartitionClock {
     next_offset: i64,
     /// With `stop_at_end`: the partition's end offset when the run started.
     end_offset: Option<i64>,
+    /// The partition's end offset as last known: at the start, then from librdkafka's cached
+    /// high watermark (every fetch response refreshes it, no request of its own).
+    known_end: i64,
+    /// The consumer's position for the partition as librdkafka last reported it (past control
+    /// records, which are never delivered as messages).
+    position: i64,
     /// The offset committed for the partition: at start, the previous run's position (messages
     /// below it are a replay); then the latest commit.
     committed: i64,
@@ -62,10 +70,13 @@ impl PartitionClock {
     }
 
     /// Whether records are known to be waiting on the partition (a replay below the committed
-    /// position, or, with `stop_at_end`, anything below the end offset): such a partition is
-    /// slow to be read, not idle, and keeps holding the frontier back.
+    /// position, anything below the end offset at the start or below the high watermark of the
+    /// latest fetch): such a partition is slow to be read, not idle, and keeps holding the
+    /// frontier back. A backlog read live is so decided as a replay is: a partition the consumer
+    /// has not served for a while is not mistaken for an idle one and its records for late ones.
     fn waiting(&self) -> bool {
-        self.next_offset < self.committed || self.end_offset.is_some_and(|end| self.next_offset < end)
+        let read_to = self.next_offset.max(self.position);
+        read_to < self.committed || read_to < self.known_end || self.end_offset.is_some_and(|end| read_to < end)
     }
 
     /// The checkpoint to commit with the partition's position: segments whose accepted records
@@ -102,6 +113,8 @@ struct PendingCommit {
 
 pub struct FlowSource {
     consumer: BaseConsumer,
+    /// The worker's producer: dead letters go through it, and it commits the offsets.
+    outbox: Rc<Outbox>,
     intake: Intake,
     pending: VecDeque<PendingCommit>,
     /// Where emission resumes after a restart (0 on a first start).
@@ -191,6 +204,7 @@ impl FlowSource {
         all_partitions: i32,
         workers: usize,
         adapter: Adapter,
+        outbox: Rc<Outbox>,
         metrics: Arc<Metrics>,
     ) -> Result<FlowSource, KafkaError> {
         let topic = config.topics.flows.clone();
@@ -252,6 +266,8 @@ impl FlowSource {
                     last_message: now,
                     next_offset,
                     end_offset,
+                    known_end: high,
+                    position: next_offset,
                     committed,
                     segments: VecDeque::new(),
                 },
@@ -280,7 +296,7 @@ impl FlowSource {
         let dead_letter = if config.topics.dead_letter.is_empty() {
             None
         } else {
-            Some(DeadLetter::new(client, &config.topics.dead_letter, &topic)?)
+            Some(DeadLetter::new(outbox.clone(), &config.topics.dead_letter, &topic))
         };
 
         let intake = Intake {
@@ -312,6 +328,7 @@ impl FlowSource {
         };
         Ok(FlowSource {
             consumer,
+            outbox,
             intake,
             pending: VecDeque::new(),
             resume,
@@ -369,12 +386,30 @@ impl FlowSource {
                 clock.segments.push_back(segment);
             }
         }
+        self.refresh_ends();
         if read > 0 {
             self.intake.messages += read as u64;
             self.intake.metrics.messages_consumed.inc_by(read as u64);
             self.pending.push_back(PendingCommit { epoch: max_epoch, offsets: offsets.into_iter().collect() });
         }
         Ok(read)
+    }
+
+    /// Refreshes each partition's known end and position from librdkafka's cached state (no
+    /// broker request).
+    fn refresh_ends(&mut self) {
+        let topic = &self.intake.topic;
+        let Ok(topic_c) = std::ffi::CString::new(topic.as_str()) else { return };
+        let positions = self.consumer.position().ok();
+        for (&partition, clock) in self.intake.partitions.iter_mut() {
+            if let Some(high) = cached_high_watermark(&self.consumer, &topic_c, partition) {
+                clock.known_end = clock.known_end.max(high);
+            }
+            let position = positions.as_ref().and_then(|list| list.find_partition(topic, partition));
+            if let Some(Offset::Offset(offset)) = position.map(|p| p.offset()) {
+                clock.position = offset;
+            }
+        }
     }
 
     /// This worker's event-time frontier: the least watermark over its partitions that still hold
@@ -418,6 +453,10 @@ impl FlowSource {
     /// is complete. A commit that would only move the checkpoint is made at most once a second,
     /// except with `CommitMode::Sync` (at shutdown).
     pub fn commit_passed(&mut self, frontier: Option<Epoch>, mode: CommitMode) -> Result<(), KafkaError> {
+        if self.outbox.too_soon(mode) {
+            // The batches stay pending for the next commit.
+            return Ok(());
+        }
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         while let Some(batch) = self.pending.front() {
             let passed = match (batch.epoch, frontier) {
@@ -443,10 +482,6 @@ impl FlowSource {
         if offsets.is_empty() && !moved {
             return Ok(());
         }
-        if let Some(dead_letter) = &self.intake.dead_letter {
-            // What was dead-lettered must be durable before its offsets are committed.
-            dead_letter.flush()?;
-        }
         let threshold = resume_at.saturating_sub(self.replay_horizon_ms);
         let mut list = TopicPartitionList::new();
         for (&partition, clock) in self.intake.partitions.iter_mut() {
@@ -465,13 +500,10 @@ impl FlowSource {
             return Ok(());
         }
         self.last_checkpoint = Some((resume_at, now));
-        match self.consumer.commit(&list, mode) {
-            Ok(()) => {
-                self.intake.metrics.offset_commits.inc();
-            }
-            // A failed commit is not data loss: the records are re-read after a restart.
-            Err(error) => tracing::warn!(%error, "offset commit failed; will retry with the next one"),
-        }
+        // Everything the worker wrote (dead letters included) is durable with, or before, these
+        // offsets.
+        self.outbox.commit(&self.consumer, &list, mode)?;
+        self.intake.metrics.offset_commits.inc();
         Ok(())
     }
 }
@@ -595,22 +627,38 @@ impl Intake {
     }
 }
 
-/// Refused messages, forwarded unchanged with the reason in headers.
+/// librdkafka's cached high watermark of a partition: the log end reported by the latest fetch
+/// response for it (`rd_kafka_get_watermark_offsets`, which rust-rdkafka does not wrap; it makes
+/// no request). `None` before the first fetch response.
+fn cached_high_watermark(consumer: &BaseConsumer, topic: &std::ffi::CStr, partition: i32) -> Option<i64> {
+    let (mut low, mut high) = (-1i64, -1i64);
+    // SAFETY: the client pointer lives as long as `consumer`; `topic` is NUL-terminated and only
+    // read; librdkafka writes nothing but the two out-parameters, which outlive the call.
+    let code = unsafe {
+        rdkafka::bindings::rd_kafka_get_watermark_offsets(
+            consumer.client().native_ptr(),
+            topic.as_ptr(),
+            partition,
+            &mut low,
+            &mut high,
+        )
+    };
+    (code == rdkafka::bindings::rd_kafka_resp_err_t::RD_KAFKA_RESP_ERR_NO_ERROR && high >= 0).then_some(high)
+}
+
+/// Refused messages, forwarded unchanged with the reason in headers, through the worker's
+/// [`Outbox`]: a dead letter librdkafka gives up on (after its retries) fails the next commit, so
+/// the worker stops before the offsets of its message are committed and the message is read
+/// (and refused) again after a restart instead of being lost.
 struct DeadLetter {
-    producer: ThreadedProducer<rdkafka::producer::DefaultProducerContext>,
+    outbox: Rc<Outbox>,
     topic: String,
     source_topic: String,
 }
 
 impl DeadLetter {
-    fn new(client: &ClientConfig, topic: &str, source_topic: &str) -> Result<DeadLetter, KafkaError> {
-        let producer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("linger.ms", "50")
-            .create()
-            .map_err(|source| KafkaError::Client { context: "creating dead-letter producer".into(), source })?;
-        Ok(DeadLetter { producer, topic: topic.to_owned(), source_topic: source_topic.to_owned() })
+    fn new(outbox: Rc<Outbox>, topic: &str, source_topic: &str) -> DeadLetter {
+        DeadLetter { outbox, topic: topic.to_owned(), source_topic: source_topic.to_owned() }
     }
 
     fn send(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Result<(), KafkaError> {
@@ -627,14 +675,6 @@ impl DeadLetter {
         if let Some(key) = message.key() {
             record = record.key(key);
         }
-        super::send_waiting(&self.producer, record)
-            .map_err(|source| KafkaError::Client { context: format!("dead-lettering to {}", self.topic), source })
-    }
-
-    fn flush(&self) -> Result<(), KafkaError> {
-        self.producer.flush(Duration::from_secs(30)).map_err(|source| KafkaError::Client {
-            context: format!("flushing dead letters to {}", self.topic),
-            source,
-        })
+        self.outbox.send(record)
     }
 }

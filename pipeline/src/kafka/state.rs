@@ -1,11 +1,13 @@
 //! What a restart needs, kept on Kafka. The compacted state topic holds the long-horizon history
 //! of workload edges (one record per (workload edge, coarse epoch), a tombstone when its time to
-//! live runs out) and the last event of every open alert (a tombstone when it is cleared). A
+//! live runs out), the volume history (one record per (entity, coarse epoch) with the bytes the
+//! entity sent to external addresses in that coarse tick, a tombstone likewise) and the last event
+//! of every open alert (a tombstone when it is cleared). A
 //! [`Checkpoint`] is stored as the metadata of every committed flow offset: where to replay
 //! from, the partition's watermark there, and where emission resumes.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -14,13 +16,13 @@ use peergraph_topology::{Epoch, WorkloadEdge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
-use rdkafka::producer::{BaseRecord, Producer, ThreadedProducer};
+use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 
+use super::outbox::Outbox;
 use super::KafkaError;
 use crate::config::KafkaConfig;
-use crate::kafka::{send_waiting, DeliveryFailures};
 use crate::metrics::Metrics;
 
 /// One sighting in the long-horizon history: `edge` was seen in the coarse tick ending at
@@ -32,8 +34,27 @@ pub struct HistoryEntry {
     pub coarse: Epoch,
 }
 
+/// One coarse tick of the volume history: `entity` sent `bytes` to external addresses in the
+/// coarse tick ending at `coarse`. Its state-topic key is [`VOLUME_PREFIX`] and the JSON of
+/// `(entity, coarse)`; the value is the JSON of the whole entry.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct VolumeEntry {
+    pub entity: String,
+    pub coarse: Epoch,
+    pub bytes: i64,
+}
+
+impl VolumeEntry {
+    fn key(&self) -> String {
+        let tick = serde_json::to_string(&(&self.entity, self.coarse)).expect("a volume tick serializes");
+        format!("{VOLUME_PREFIX}{tick}")
+    }
+}
+
 /// State-topic key prefix of history sightings.
 pub const SIGHTING_PREFIX: &str = "sighting ";
+/// State-topic key prefix of volume-history ticks.
+pub const VOLUME_PREFIX: &str = "volume ";
 /// State-topic key prefix of open alerts (followed by the alert id; the value is the alert's
 /// last event as JSON).
 pub const ALERT_PREFIX: &str = "alert ";
@@ -57,6 +78,8 @@ pub fn open_alert_record(alert: &Alert) -> (String, Option<Vec<u8>>) {
 pub struct Restored {
     /// This worker's share of the history (the sightings on its partitions of the state topic).
     pub history: Vec<HistoryEntry>,
+    /// This worker's share of the volume history (likewise).
+    pub volumes: Vec<VolumeEntry>,
     /// Every alert open before the restart, by id, as last announced.
     pub open_alerts: BTreeMap<String, Alert>,
 }
@@ -102,6 +125,9 @@ pub struct Resume {
     pub resume_at: Epoch,
     /// The earliest epoch any worker observed before the restart.
     pub observed_since: Option<Epoch>,
+    /// The newest epoch of any partition's records before its replay point: every flow of a later
+    /// epoch is read again (the volume history derives the coarse ticks that start there).
+    pub complete_from: Epoch,
 }
 
 impl Resume {
@@ -115,68 +141,58 @@ impl Resume {
         let own: Vec<&Checkpoint> = mine.iter().filter_map(|p| checkpoints.get(p)).flatten().collect();
         let same_cluster = !own.is_empty() && all.iter().all(|c| c.workers == workers);
         let resume_at = if same_cluster { own.iter().map(|c| c.resume_at).min().unwrap_or(least) } else { least };
-        Resume { resume_at, observed_since }
+        let complete_from = all.iter().filter_map(|c| c.max_epoch).max().unwrap_or(0);
+        Resume { resume_at, observed_since, complete_from }
     }
 }
 
-/// One worker's writer of the history: a record when the worker first puts a sighting into the
-/// history, a tombstone when the sighting's time to live has run out. Records go out batched by
-/// the producer and are flushed before the offsets of the flows that caused them are committed.
+/// One worker's writer of the long-horizon histories: a record when the worker first puts a
+/// sighting into the history or its dataflow derives a volume tick, a tombstone when the record's
+/// time to live has run out. Records go out through the worker's [`Outbox`], batched by its
+/// producer, and are durable (flushed, or committed in the same transaction) before the offsets
+/// of the flows that caused them are committed.
 pub struct HistoryStore {
-    producer: ThreadedProducer<DeliveryFailures>,
-    failed: Arc<AtomicU64>,
+    outbox: Rc<Outbox>,
     topic: String,
     ttl_ms: u64,
     /// Keys of the sightings this worker wrote or loaded, by the epoch their tombstone is due.
     expiring: BTreeMap<Epoch, Vec<String>>,
-    unflushed: bool,
     metrics: Arc<Metrics>,
 }
 
 impl HistoryStore {
-    pub fn new(
-        client: &ClientConfig,
-        topic: &str,
-        ttl_ms: u64,
-        metrics: Arc<Metrics>,
-    ) -> Result<HistoryStore, KafkaError> {
-        let context = DeliveryFailures::new("state record");
-        let failed = context.counter();
-        let producer = client
-            .clone()
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "20")
-            .create_with_context(context)
-            .map_err(|source| KafkaError::Client { context: format!("creating the producer for {topic}"), source })?;
-        Ok(HistoryStore {
-            producer,
-            failed,
-            topic: topic.to_owned(),
-            ttl_ms,
-            expiring: BTreeMap::new(),
-            unflushed: false,
-            metrics,
-        })
+    pub fn new(outbox: Rc<Outbox>, topic: &str, ttl_ms: u64, metrics: Arc<Metrics>) -> HistoryStore {
+        HistoryStore { outbox, topic: topic.to_owned(), ttl_ms, expiring: BTreeMap::new(), metrics }
     }
 
     /// Persists a sighting this worker just put into the history.
     pub fn remember(&mut self, entry: &HistoryEntry) -> Result<(), KafkaError> {
-        let key = entry.key();
         let value = serde_json::to_vec(entry).expect("a history entry serializes");
-        self.send(&key, Some(&value))?;
+        self.write(entry.key(), &value, entry.coarse.saturating_add(self.ttl_ms))
+    }
+
+    /// Persists a volume tick this worker's dataflow derived; `expires` is when it leaves the
+    /// volume history.
+    pub fn remember_volume(&mut self, entry: &VolumeEntry, expires: Epoch) -> Result<(), KafkaError> {
+        let value = serde_json::to_vec(entry).expect("a volume entry serializes");
+        self.write(entry.key(), &value, expires)
+    }
+
+    fn write(&mut self, key: String, value: &[u8], expires: Epoch) -> Result<(), KafkaError> {
+        self.send(&key, Some(value))?;
         self.metrics.state_records_written.inc();
-        self.adopt(entry, key);
+        self.expiring.entry(expires).or_default().push(key);
         Ok(())
     }
 
     /// Takes over the tombstone of a sighting loaded from the state topic.
     pub fn adopt_loaded(&mut self, entry: &HistoryEntry) {
-        self.adopt(entry, entry.key());
+        self.expiring.entry(entry.coarse.saturating_add(self.ttl_ms)).or_default().push(entry.key());
     }
 
-    fn adopt(&mut self, entry: &HistoryEntry, key: String) {
-        self.expiring.entry(entry.coarse.saturating_add(self.ttl_ms)).or_default().push(key);
+    /// Takes over the tombstone of a volume tick loaded from the state topic.
+    pub fn adopt_loaded_volume(&mut self, entry: &VolumeEntry, expires: Epoch) {
+        self.expiring.entry(expires).or_default().push(entry.key());
     }
 
     /// Writes the tombstones of every sighting whose time to live ends at or before `time` (the
@@ -194,37 +210,18 @@ impl HistoryStore {
         Ok(())
     }
 
-    /// Makes everything written so far durable.
-    pub fn flush(&mut self) -> Result<(), KafkaError> {
-        if !self.unflushed {
-            return Ok(());
-        }
-        self.producer.flush(Duration::from_secs(60)).map_err(|source| KafkaError::Client {
-            context: format!("flushing state records to {}", self.topic),
-            source,
-        })?;
-        let failed = self.failed.load(Ordering::Relaxed);
-        if failed > 0 {
-            return Err(KafkaError::Delivery { topic: self.topic.clone(), failed });
-        }
-        self.unflushed = false;
-        Ok(())
-    }
-
     fn send(&mut self, key: &str, payload: Option<&[u8]>) -> Result<(), KafkaError> {
-        let mut record = BaseRecord::<str, [u8]>::to(&self.topic).key(key);
+        let mut record = BaseRecord::<[u8], [u8]>::to(&self.topic).key(key.as_bytes());
         if let Some(payload) = payload {
             record = record.payload(payload);
         }
-        self.unflushed = true;
-        send_waiting(&self.producer, record)
-            .map_err(|source| KafkaError::Client { context: format!("producing to {}", self.topic), source })
+        self.outbox.send(record)
     }
 }
 
 /// Reads the state topic from the beginning to its end as of now and returns what is live (the
-/// latest record of every key that no tombstone removed): the sightings of this worker's share
-/// of the partitions (`p % workers == worker`) and every open alert.
+/// latest record of every key that no tombstone removed): the sightings and volume ticks of this
+/// worker's share of the partitions (`p % workers == worker`) and every open alert.
 pub fn load(
     kafka: &KafkaConfig,
     client: &ClientConfig,
@@ -256,6 +253,7 @@ pub fn load(
     }
     let started = Instant::now();
     let mut sightings: HashMap<Vec<u8>, HistoryEntry> = HashMap::new();
+    let mut volumes: HashMap<Vec<u8>, VolumeEntry> = HashMap::new();
     let mut open_alerts: BTreeMap<String, Alert> = BTreeMap::new();
     let mut read = 0u64;
     if !ends.is_empty() {
@@ -291,16 +289,12 @@ pub fn load(
                 }
                 Some(Err(error)) => unreadable(error),
             }
-        } else if key.starts_with(SIGHTING_PREFIX.as_bytes()) && partition as usize % workers == worker {
-            match message.payload().map(serde_json::from_slice::<HistoryEntry>) {
-                None => {
-                    sightings.remove(key);
-                }
-                Some(Ok(entry)) => {
-                    sightings.insert(key.to_vec(), entry);
-                }
-                Some(Err(error)) => unreadable(error),
-            }
+        } else if partition as usize % workers != worker {
+            // Another worker's share.
+        } else if key.starts_with(SIGHTING_PREFIX.as_bytes()) {
+            keep_latest(&mut sightings, key, message.payload(), unreadable);
+        } else if key.starts_with(VOLUME_PREFIX.as_bytes()) {
+            keep_latest(&mut volumes, key, message.payload(), unreadable);
         }
         if ends.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
             ends.remove(&partition);
@@ -312,11 +306,31 @@ pub fn load(
         worker,
         records = read,
         sightings = sightings.len(),
+        volume_ticks = volumes.len(),
         open_alerts = open_alerts.len(),
         took = ?started.elapsed(),
         "loaded the pipeline state"
     );
-    Ok(Restored { history: sightings.into_values().collect(), open_alerts })
+    Ok(Restored { history: sightings.into_values().collect(), volumes: volumes.into_values().collect(), open_alerts })
+}
+
+/// Applies one record of a compacted key to what was read so far: its value replaces the key's,
+/// a tombstone removes it.
+fn keep_latest<T: serde::de::DeserializeOwned>(
+    latest: &mut HashMap<Vec<u8>, T>,
+    key: &[u8],
+    payload: Option<&[u8]>,
+    unreadable: impl FnOnce(serde_json::Error),
+) {
+    match payload.map(serde_json::from_slice::<T>) {
+        None => {
+            latest.remove(key);
+        }
+        Some(Ok(entry)) => {
+            latest.insert(key.to_vec(), entry);
+        }
+        Some(Err(error)) => unreadable(error),
+    }
 }
 
 #[cfg(test)]
@@ -339,10 +353,22 @@ mod tests {
     fn a_worker_resumes_at_its_own_frontier_only_in_a_cluster_of_the_same_size() {
         let all: BTreeMap<i32, Option<Checkpoint>> =
             [(0, checkpoint(9000, 2, 3000)), (1, checkpoint(7000, 2, 1000)), (2, None)].into();
-        assert_eq!(Resume::of(&all, &[0], 2), Resume { resume_at: 9000, observed_since: Some(1000) });
+        assert_eq!(Resume::of(&all, &[0], 2), Resume { resume_at: 9000, observed_since: Some(1000), complete_from: 0 });
         assert_eq!(Resume::of(&all, &[1], 2).resume_at, 7000);
         assert_eq!(Resume::of(&all, &[], 2).resume_at, 7000, "no partitions: the least");
         assert_eq!(Resume::of(&all, &[0], 3).resume_at, 7000, "another cluster size: the least");
         assert_eq!(Resume::of(&BTreeMap::new(), &[0], 1), Resume::default());
+    }
+
+    #[test]
+    fn the_volume_history_is_complete_after_the_newest_epoch_any_partition_read_before_its_replay() {
+        let with_max = |resume_at, max_epoch| {
+            checkpoint(resume_at, 2, 1000).map(|c| Checkpoint { max_epoch: Some(max_epoch), ..c })
+        };
+        let all: BTreeMap<i32, Option<Checkpoint>> =
+            [(0, with_max(9000, 4000)), (1, with_max(7000, 6000)), (2, checkpoint(7000, 2, 1000)), (3, None)].into();
+        for mine in [&[0][..], &[1], &[2, 3]] {
+            assert_eq!(Resume::of(&all, mine, 2).complete_from, 6000);
+        }
     }
 }

@@ -86,7 +86,7 @@ pub fn best<'a>(matches: impl IntoIterator<Item = &'a Indicator>) -> Option<(Ind
         .map(|ind| (ind.clone(), count))
 }
 
-/// One finding's identity: `(entity, its workload, direction, listed address)`.
+/// One finding's identity: `(entity, its peer group, direction, listed address)`.
 type Hit = (String, Option<String>, Direction, IpAddr);
 
 /// Contacts with listed addresses.
@@ -111,11 +111,12 @@ pub fn detect<'s>(config: &IntelConfig, inputs: &DetectorInputs<'s>) -> VecColle
 
     // Both ends of every edge, keyed by address, seen from the other end.
     let ends = inputs.edges.clone().flat_map(move |edge| {
-        let outbound = address(&edge.dst.entity)
-            .map(|addr| (addr, (edge.src.entity.clone(), edge.src.workload.clone(), Direction::Outbound)));
-        let inbound = address(&edge.src.entity)
-            .filter(|_| inbound)
-            .map(|addr| (addr, (edge.dst.entity.clone(), edge.dst.workload.clone(), Direction::Inbound)));
+        let outbound = address(&edge.dst.entity).map(|addr| {
+            (addr, (edge.src.entity.clone(), edge.src.peer_group().map(str::to_owned), Direction::Outbound))
+        });
+        let inbound = address(&edge.src.entity).filter(|_| inbound).map(|addr| {
+            (addr, (edge.dst.entity.clone(), edge.dst.peer_group().map(str::to_owned), Direction::Inbound))
+        });
         outbound.into_iter().chain(inbound)
     });
 
@@ -192,9 +193,13 @@ mod tests {
             for (listed_end, entity, direction) in ends {
                 let Some(addr) = address(&listed_end.entity) else { continue };
                 if let Some((ind, n)) = best(indicators.iter().filter(|ind| ind.network.contains(&addr))) {
-                    hits.entry(((entity.entity.clone(), entity.workload.clone(), direction, addr), ind, n))
-                        .or_default()
-                        .plus_equals(&volume);
+                    hits.entry((
+                        (entity.entity.clone(), entity.peer_group().map(str::to_owned), direction, addr),
+                        ind,
+                        n,
+                    ))
+                    .or_default()
+                    .plus_equals(&volume);
                 }
             }
         }

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::novelty::{novelty, Novelty};
 use super::{alert_id, service, DetectorInputs, Finding};
+use crate::entity::is_external_node;
 use crate::graph::{Edge, WorkloadEdge};
 use crate::time::Epoch;
 
@@ -42,10 +43,11 @@ impl Default for LateralConfig {
 }
 
 impl LateralConfig {
-    /// Whether a workload edge is internal (neither end `ext:`) on an admin service.
+    /// Whether a workload edge is internal (neither end an external address or external group)
+    /// on an admin service.
     pub fn is_admin(&self, edge: &WorkloadEdge) -> bool {
-        !edge.src.starts_with("ext:")
-            && !edge.dst.starts_with("ext:")
+        !is_external_node(&edge.src)
+            && !is_external_node(&edge.dst)
             && self.admin_ports.contains(&edge.dst_port)
             && self.protocols.contains(&edge.protocol)
     }
@@ -111,7 +113,7 @@ pub fn finding(edge: &Edge, answered: bool, novelty: &Novelty, learning: Duratio
         ],
         entity: src,
         key,
-        peer_group: edge.src.workload.clone(),
+        peer_group: edge.src.peer_group().map(str::to_owned),
         score: if answered { 80 } else { 50 },
         techniques: techniques(edge.dst_port),
     }
@@ -240,6 +242,7 @@ pub(crate) mod tests {
             ("host:10.0.0.1", None),
             ("host:10.0.0.2", None),
             ("ext:198.51.100.1", None),
+            ("ext:198.51.100.2", Some("ext-group:saas")),
         ]);
         (ends.clone(), ends, prop::sample::select(vec![22u16, 445, 80]), 1..30u64, 0..2i64).prop_map(
             |((src, sw), (dst, dw), port, epoch, failed)| (edge(src, sw, dst, dw, port), epoch, vol(1, failed, 100, 0)),

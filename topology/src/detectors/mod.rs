@@ -85,6 +85,11 @@ pub struct DetectorInputs<'s> {
     /// Long-horizon history: `(workload edge, coarse epoch)` present from the coarse epoch it was
     /// seen in until that epoch plus the history's time to live.
     pub history: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
+    /// Long-horizon volume history: `(entity, coarse epoch)` with the bytes the entity sent to
+    /// external addresses in that coarse tick as multiplicity (see [`crate::volume_history`]).
+    pub volumes: crate::volume_history::VolumeHistory<'s>,
+    /// How time is cut (window and coarse tick lengths, for detectors that compare them).
+    pub time: crate::time::TimeConfig,
 }
 
 /// A threat-intel indicator: an address or network that is known bad.

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::lateral::{self, LateralConfig};
 use super::novelty::{novelty, Novelty};
 use super::{alert_id, service, DetectorInputs, Finding};
+use crate::entity::is_external_node;
 use crate::graph::WorkloadEdge;
 use crate::time::Epoch;
 
@@ -30,8 +31,8 @@ pub struct NewEdgeConfig {
     /// window is rare and reported; 0 reports never-seen edges only. Unit: coarse epochs
     /// (`time.history_tick`s).
     pub rare_max_epochs: usize,
-    /// Whether edges with an external end (`ext:`) count; off, only internal edges do (external
-    /// peers come and go too often to be news). Unit: flag.
+    /// Whether edges with an external end (`ext:` address or `ext-group:` external group) count;
+    /// off, only internal edges do (external peers come and go too often to be news). Unit: flag.
     pub include_external: bool,
     /// Set by [`findings`](super::findings) from the lateral-movement section: which edges are
     /// admin edges, and whether lateral movement reports the new ones.
@@ -69,7 +70,7 @@ impl NewEdgeConfig {
     }
 
     pub fn considers(&self, edge: &WorkloadEdge) -> bool {
-        self.include_external || (!edge.src.starts_with("ext:") && !edge.dst.starts_with("ext:"))
+        self.include_external || (!is_external_node(&edge.src) && !is_external_node(&edge.dst))
     }
 }
 
@@ -205,6 +206,21 @@ mod tests {
         assert_eq!(found(&s, external.clone(), 10).len(), 1);
         let learning = NewEdgeConfig { learning_period: Duration::from_millis(7), ..external };
         assert!(found(&s, learning, 10).is_empty(), "10 < start 4 + learning 7");
+    }
+
+    #[test]
+    fn the_addresses_of_one_external_group_are_one_external_destination() {
+        let mut s = scenario();
+        let saas = |addr: &str| edge("pod:shop/web-1", Some("web"), addr, Some("ext-group:saas"), 443);
+        s.contacts.push((saas("ext:198.51.100.1"), 2, vol(1, 0, 400, 900)));
+        s.contacts.push((saas("ext:198.51.100.2"), 10, vol(1, 0, 400, 900)));
+        s.contacts.push((edge("pod:shop/web-1", Some("web"), "ext:203.0.113.9", None, 443), 10, vol(1, 0, 400, 900)));
+        let external = NewEdgeConfig { include_external: true, rare_max_epochs: 0, ..quick() };
+        let new = vec![("web".to_owned(), "ext:203.0.113.9:443/tcp".to_owned(), "new".to_owned())];
+        assert_eq!(found(&s, external, 10), new, "the group's second address is not a new edge");
+        assert!(found(&s, quick(), 10).is_empty(), "a group's node is external");
+        let ssh = WorkloadEdge { src: "web".into(), dst: "ext-group:saas".into(), dst_port: 22, protocol: 6 };
+        assert!(!LateralConfig::default().is_admin(&ssh), "SSH to an external group is not lateral movement");
     }
 
     proptest! {

@@ -27,7 +27,8 @@ impl Default for PeerUniqueConfig {
 
 /// Findings for `(member, destination)` pairs that only that member of its group touches.
 /// Destinations are compared at workload level, so replicas spreading their calls over the pods
-/// of one backend are not told apart.
+/// of one backend, or over the addresses of one external group (`entities.external_groups`), are
+/// not told apart.
 pub fn peer_unique_destinations<'s>(
     config: &PeerUniqueConfig,
     inputs: &DetectorInputs<'s>,
@@ -87,6 +88,7 @@ fn finding(member: String, destination: String, group: String, size: isize) -> F
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::entity::{Endpoint, EntityResolver, ExternalGroup, ResolverConfig};
     use crate::graph::Edge;
     use crate::testing::{edge, run_collection};
 
@@ -122,6 +124,50 @@ mod tests {
             (replica(2, "ext:203.0.113.66", 4444), 1000, 1),
         ];
         assert!(detect(updates, 2000).is_empty());
+    }
+
+    /// Replicas calling different addresses of one grouped SaaS, and grouped SaaS addresses calling
+    /// different internal hosts (webhooks), resolved as the pipeline resolves them.
+    fn saas_traffic(resolver: &EntityResolver) -> Vec<(Edge, Epoch, isize)> {
+        let call = |i: usize, addr: &str, port: u16| {
+            let src = Endpoint { entity: format!("pod:shop/web-{i}"), workload: Some("web".to_owned()) };
+            Edge { src, dst: resolver.resolve(addr, None), dst_port: port, protocol: 6 }
+        };
+        let webhook = |from: &str, to: &str| Edge {
+            src: resolver.resolve(from, None),
+            dst: resolver.resolve(to, None),
+            dst_port: 8443,
+            protocol: 6,
+        };
+        let mut updates = Vec::new();
+        for i in 1..=3 {
+            updates.push((call(i, "10.0.0.9", 5432), 1000, 1));
+        }
+        for (i, addr) in [(1, "13.108.0.10"), (2, "13.109.4.4"), (3, "2a01:111::7")] {
+            updates.push((call(i, addr, 443), 1000, 1));
+        }
+        updates.push((call(2, "203.0.113.66", 4444), 1000, 1));
+        for (from, to) in [("13.108.0.20", "10.0.0.1"), ("13.108.0.21", "10.0.0.2"), ("13.108.0.22", "10.0.0.3")] {
+            updates.push((webhook(from, to), 1000, 1));
+        }
+        updates
+    }
+
+    #[test]
+    fn replicas_spreading_over_a_grouped_saas_share_its_node_and_an_ungrouped_address_stays_unique() {
+        let salesforce = ExternalGroup {
+            name: "salesforce".to_owned(),
+            networks: vec!["13.108.0.0/14".parse().unwrap(), "2a01:111::/32".parse().unwrap()],
+        };
+        let grouped = EntityResolver::new(&ResolverConfig { external_groups: vec![salesforce], ..Default::default() });
+        assert_eq!(
+            detect(saas_traffic(&grouped), 2000),
+            vec![("pod:shop/web-2".to_owned(), "ext:203.0.113.66".to_owned())],
+            "one SaaS node for all replicas; the grouped addresses are no peer group of their own"
+        );
+        // Without the group every replica's SaaS address is its own destination.
+        let found = detect(saas_traffic(&EntityResolver::default()), 2000);
+        assert_eq!(found.len(), 4, "{found:?}");
     }
 
     #[test]
