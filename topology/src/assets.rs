@@ -483,6 +483,40 @@ mod tests {
         assert_eq!(state_at(2000), vec![("asset:dc-2".to_owned(), role, "ext:203.0.113.9".to_owned())]);
     }
 
+    /// A finding about a listed asset is weighed by the asset's criticality; one about an entity
+    /// that is no asset keeps its score.
+    #[test]
+    fn findings_about_assets_are_weighed_by_criticality() {
+        let contacts = vec![(edge("host:10.0.4.7", None, "host:10.0.9.9", None, 443), 1000, 1)];
+        let out = crate::testing::run_collection(contacts, 2000, |contacts| {
+            let scope = contacts.scope();
+            let critical = AssetRecord { criticality: 4, ..asset("10.0.4.0/24", "dc-1", Some("domain-controller")) };
+            let (_, assets) = scope.new_collection_from(vec![critical]);
+            let finding = |entity: &str| Finding {
+                alert_id: format!("id-{entity}"),
+                detector: "test".to_owned(),
+                entity: entity.to_owned(),
+                key: String::new(),
+                peer_group: None,
+                score: 50,
+                summary: String::new(),
+                evidence: Vec::new(),
+                techniques: Vec::new(),
+            };
+            let (_, findings) = scope.new_collection_from(vec![finding("asset:dc-1"), finding("host:10.0.9.9")]);
+            weigh_by_criticality(findings, asset_matches(contacts, assets))
+                .map(|finding| (finding.entity, finding.score, finding.evidence))
+        });
+        let weighed: Vec<(String, u8, Vec<(String, String)>)> = out.into_iter().map(|(finding, _)| finding).collect();
+        assert_eq!(
+            weighed,
+            vec![
+                ("asset:dc-1".to_owned(), 70, vec![("asset_criticality".to_owned(), "4".to_owned())]),
+                ("host:10.0.9.9".to_owned(), 50, Vec::new()),
+            ]
+        );
+    }
+
     /// An inventory network covering external addresses renames the ungrouped one only: an
     /// address in an external group keeps its entity and group.
     #[test]
