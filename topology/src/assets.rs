@@ -15,6 +15,7 @@
 
 use std::hash::Hash;
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use differential_dataflow::collection::AsCollection;
 use differential_dataflow::difference::{Abelian, Multiply};
@@ -112,7 +113,7 @@ fn matchable(end: &Endpoint) -> Option<IpAddr> {
 /// the rename costs one arrangement of the records with an address-based end, plus join work for
 /// the records that have a name; a change in `names` (a relabel) rewrites every record it touches.
 /// The arranged records are ordered by their hash first, so that sorting and merging them seldom
-/// compares their strings.
+/// compares their strings, and [`Shared`], so that the arrangement's merges copy no strings.
 fn rename_end<'s, D, N, R>(
     records: VecCollection<'s, Epoch, D, R>,
     names: VecCollection<'s, Epoch, (IpAddr, N)>,
@@ -120,15 +121,17 @@ fn rename_end<'s, D, N, R>(
     set: fn(&mut D, N),
 ) -> VecCollection<'s, Epoch, D, R>
 where
-    D: differential_dataflow::ExchangeData + Hash,
+    D: differential_dataflow::ExchangeData + Hash + Sync,
     N: differential_dataflow::ExchangeData,
     R: differential_dataflow::ExchangeData + Abelian + Multiply<isize, Output = R>,
 {
-    let addressed = records.clone().flat_map(move |record| Some((key(&record)?, (record.hashed(), record))));
+    let addressed =
+        records.clone().flat_map(move |record| Some((key(&record)?, (record.hashed(), Shared(Arc::new(record))))));
     let renames = addressed.arrange_by_key().join_core(names.arrange_by_key(), move |_, (_, record), name| {
-        let mut renamed = record.clone();
+        let original = D::clone(&record.0);
+        let mut renamed = original.clone();
         set(&mut renamed, name.clone());
-        Some((record.clone(), renamed))
+        Some((original, renamed))
     });
     let changes = renames
         .inner
@@ -139,6 +142,24 @@ where
         })
         .as_collection();
     records.concat(changes)
+}
+
+/// A record as [`rename_end`] indexes it: cloned (as every merge of its arrangement does) by
+/// counting a reference rather than copying its strings. It compares, hashes and serializes as
+/// the record.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+struct Shared<D>(Arc<D>);
+
+impl<D: Serialize> Serialize for Shared<D> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
+
+impl<'de, D: Deserialize<'de>> Deserialize<'de> for Shared<D> {
+    fn deserialize<De: serde::Deserializer<'de>>(deserializer: De) -> Result<Self, De::Error> {
+        D::deserialize(deserializer).map(|record| Shared(Arc::new(record)))
+    }
 }
 
 /// The contacts with every endpoint that matched an asset replaced by the asset's endpoint.
