@@ -206,7 +206,10 @@ background.threads=4
 log.cleaner.threads=1
 log.cleaner.dedupe.buffer.size=33554432
 log.segment.bytes=16777216
-log.retention.hours=24
+# No time-based retention: the tests write flows and outputs whose timestamps are event times
+# months in the past (a fixed simulated start), which a retention by time would delete part-way
+# through a test (Kafka rolls and deletes even the active segment once it is older than that).
+log.retention.ms=-1
 EOF
 }
 

@@ -242,6 +242,124 @@ fn run_live(config: &Config) -> (RunReport, Arc<Metrics>) {
     (running.join().expect("the run thread"), metrics)
 }
 
+/// The `peergraph` binary of this workspace, brought up to date (a no-op when `cargo test
+/// --workspace` has just built it).
+fn peergraph_binary() -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    // target/<profile>/deps/<test> → target/<profile>/peergraph
+    let binary = exe.parent().and_then(|deps| deps.parent()).expect("a target directory").join("peergraph");
+    let built = std::process::Command::new(env!("CARGO"))
+        .args(["build", "--quiet", "-p", "peergraph", "--bin", "peergraph"])
+        .status()
+        .expect("cargo build");
+    assert!(built.success() && binary.exists(), "cannot build the peergraph binary at {}", binary.display());
+    binary
+}
+
+/// With `run.exactly_once`, a pipeline killed (SIGKILL, no chance to clean up) part-way through
+/// and started again leaves, for a read-committed consumer, exactly the alerts and graph changes
+/// of one uninterrupted run: what the killed process produced after its last transaction was
+/// aborted (its transactional id fenced by the restart) and produced again, once.
+#[test]
+fn with_exactly_once_a_killed_pipeline_repeats_nothing() {
+    let mut config = peergraph_tests::config("killed");
+    config.time.window = Duration::from_secs(60);
+    config.run.workers = 2;
+    config.run.exactly_once = true;
+    config.run.idle_timeout = Duration::from_secs(600);
+    // Small poll batches: the run takes long enough to be killed half-way.
+    config.input.max_batch = 10;
+    config.metrics.listen = String::new();
+    config.api.listen = String::new();
+    config.simulate.seed = 29;
+    config.simulate.start_ms = Some(START_MS);
+    config.simulate.duration = Duration::from_secs(8 * 60);
+    config.simulate.web_replicas = 4;
+    config.simulate.swap =
+        Some(SwapConfig { at: Duration::from_secs(120), lasting: Duration::from_secs(120), ..SwapConfig::default() });
+    let simulated = peergraph::simulate::simulate(&config, &AtomicBool::new(false)).expect("simulate");
+
+    // The first run, in a process of its own, killed once it has committed part of the topic.
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("peergraph.toml");
+    std::fs::write(&path, config.to_redacted_toml()).expect("write the configuration");
+    let reloaded = Config::load(Some(&path)).expect("the written configuration loads");
+    assert_eq!(reloaded.to_redacted_toml(), config.to_redacted_toml(), "the child runs the same configuration");
+    let mut child = std::process::Command::new(peergraph_binary())
+        .arg("--config")
+        .arg(&path)
+        .args(["--log", "warn", "run"])
+        .spawn()
+        .expect("start peergraph run");
+    let offsets = CommittedOffsets::of(&config);
+    let committed = || offsets.sum();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while committed() < simulated.flows as i64 / 3 {
+        assert!(std::time::Instant::now() < deadline, "the first run committed too little in time");
+        assert!(child.try_wait().expect("child status").is_none(), "the first run stopped by itself");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let at_kill = committed();
+    assert!(at_kill < simulated.flows as i64, "killed before the end: {at_kill} of {}", simulated.flows);
+
+    let mut rest = config.clone();
+    rest.run.stop_at_end = true;
+    let (after, _) = run(&rest);
+    assert!(after.resumed_at > 0, "the restart resumed from a checkpoint");
+
+    let mut reference = reference_of(&config);
+    reference.run.stop_at_end = true;
+    run(&reference);
+    let restarted: Vec<Alert> = peergraph_tests::read_topic(&config, &config.topics.alerts);
+    let uninterrupted: Vec<Alert> = peergraph_tests::read_topic(&reference, &reference.topics.alerts);
+    assert!(!uninterrupted.is_empty());
+    let (restarted, uninterrupted) = (tally(&restarted), tally(&uninterrupted));
+    assert!(restarted.values().all(|n| *n == 1), "an alert event seen twice: {restarted:#?}");
+    assert_same(&restarted, &uninterrupted, "alerts");
+    let restarted: Vec<GraphEdge> = peergraph_tests::read_topic(&config, &config.topics.service_graph);
+    let uninterrupted: Vec<GraphEdge> = peergraph_tests::read_topic(&reference, &reference.topics.service_graph);
+    assert_same(&tally(&restarted), &tally(&uninterrupted), "service-graph changes");
+}
+
+/// Reads the committed offsets of `config`'s consumer group over the flows topic.
+struct CommittedOffsets {
+    consumer: rdkafka::consumer::BaseConsumer,
+    partitions: rdkafka::TopicPartitionList,
+}
+
+impl CommittedOffsets {
+    fn of(config: &Config) -> CommittedOffsets {
+        // Read uncommitted: a read-committed consumer asks for stable offsets and waits out every
+        // transaction in progress.
+        let consumer = peergraph::kafka::client_config(&config.kafka)
+            .set("group.id", &config.input.group_id)
+            .set("isolation.level", "read_uncommitted")
+            .create()
+            .expect("consumer");
+        let count = peergraph::kafka::partition_count(&config.kafka, &config.topics.flows).expect("partitions");
+        let mut partitions = rdkafka::TopicPartitionList::new();
+        for p in 0..count {
+            partitions.add_partition(&config.topics.flows, p);
+        }
+        CommittedOffsets { consumer, partitions }
+    }
+
+    /// Their sum (0 where none is committed, or when the coordinator does not answer in time).
+    fn sum(&self) -> i64 {
+        use rdkafka::consumer::Consumer;
+        let Ok(committed) = self.consumer.committed_offsets(self.partitions.clone(), Duration::from_secs(5)) else {
+            return 0;
+        };
+        committed
+            .elements()
+            .iter()
+            .filter_map(|e| if let rdkafka::Offset::Offset(o) = e.offset() { Some(o) } else { None })
+            .sum()
+    }
+}
+
 /// A backlog read live (a pipeline started after downtime) is decided as a replay is: a partition
 /// the consumer has not served for a while is not idle while records are known to wait on it, so
 /// however short `run.idle_timeout` is, no flow is dropped as late that reading the same topic to

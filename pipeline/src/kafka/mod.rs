@@ -199,6 +199,21 @@ fn is_transient(error: &rdkafka::error::KafkaError) -> bool {
     )
 }
 
+/// Removes from `ends` (partition → end offset to read up to) every partition of `topic` that
+/// `consumer` has read to its end: its position is at or past the end. The position moves past
+/// transaction markers and aborted records too, which a reader counting delivered messages
+/// would wait for forever.
+pub fn drop_read_to_end(consumer: &BaseConsumer, topic: &str, ends: &mut std::collections::HashMap<i32, i64>) {
+    if ends.is_empty() {
+        return;
+    }
+    let Ok(positions) = consumer.position() else { return };
+    ends.retain(|partition, end| {
+        let position = positions.find_partition(topic, *partition).map(|p| p.offset());
+        !matches!(position, Some(rdkafka::Offset::Offset(at)) if at >= *end)
+    });
+}
+
 /// Deletes `names` (a topic that does not exist is not an error): for tools that create topics of
 /// their own, such as `bench`.
 pub fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), KafkaError> {

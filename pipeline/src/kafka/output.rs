@@ -151,34 +151,66 @@ impl<T: Output> RecordSink<T> {
         self.outbox.send(record)
     }
 
-    /// Makes what was produced durable before the epoch's progress goes on; in a transaction the
-    /// commit does that.
+    /// Makes what was produced (through the worker's outbox, by any sink) durable before the
+    /// epoch's progress goes on; in a transaction the commit does that.
     fn flush(&self) -> Result<(), KafkaError> {
         if self.outbox.transactional() {
             return Ok(());
         }
-        self.outbox.flush(&self.topic)
+        self.outbox.flush("output records")
     }
 }
 
-/// Produces `records` to Kafka, each epoch's once the epoch is closed. The returned (empty)
-/// stream's frontier passes an epoch only after that epoch's records are handed to the outbox and
-/// (not transactional) acknowledged by the brokers: probe it to know what a commit covers.
-pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSink<T>) -> Stream<'s, Epoch, Vec<()>> {
-    let name = format!("Produce {}", sink.topic);
-    records.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, &name, move |_, _| {
+/// What a worker produces: alert events and service-graph changes.
+#[derive(Clone, Debug)]
+pub enum Outgoing {
+    Alert(Alert),
+    Graph(GraphEdge),
+}
+
+impl Outgoing {
+    /// The epoch that produced the record (its event time).
+    fn epoch(&self) -> Epoch {
+        let ms = match self {
+            Outgoing::Alert(alert) => alert.event_time_ms(),
+            Outgoing::Graph(edge) => edge.event_time_ms(),
+        };
+        ms.max(0) as Epoch
+    }
+}
+
+/// The worker's sinks: alerts, and the service graph when it has a topic.
+pub struct Sinks {
+    pub alerts: RecordSink<Alert>,
+    pub graph: Option<RecordSink<GraphEdge>>,
+}
+
+/// Produces the worker's alert events and graph changes to Kafka, each epoch's once the epoch is
+/// closed for **both** (one operator over both streams: an epoch is produced whole or not at all,
+/// so the output frontier after it, which the checkpoints record as the resume point, splits the
+/// output exactly). The returned (empty) stream's frontier passes an epoch only after that
+/// epoch's records are handed to the outbox and (not transactional) acknowledged by the
+/// brokers: probe it to know what a commit covers.
+pub fn produce<'s>(
+    alerts: Stream<'s, Epoch, Vec<Alert>>,
+    graph: Stream<'s, Epoch, Vec<GraphEdge>>,
+    sinks: Sinks,
+) -> Stream<'s, Epoch, Vec<()>> {
+    use timely::dataflow::operators::vec::Map as _;
+    use timely::dataflow::operators::Concat as _;
+    let records = alerts.map(Outgoing::Alert).concat(graph.map(Outgoing::Graph));
+    let Sinks { alerts, graph } = sinks;
+    records.unary_frontier::<CapacityContainerBuilder<Vec<()>>, _, _, _>(Pipeline, "Produce", move |_, _| {
         let mut buffer = Vec::new();
         // Records of epochs not yet closed, by epoch.
-        let mut open: BTreeMap<Epoch, Vec<T>> = BTreeMap::new();
+        let mut open: BTreeMap<Epoch, Vec<Outgoing>> = BTreeMap::new();
         move |(input, frontier), _output| {
+            let halted = || alerts.stopping.get() || alerts.error.borrow().is_some();
             input.for_each(|_, batch| {
-                if sink.stopping.get() || sink.error.borrow().is_some() {
-                    batch.clear();
-                    return;
-                }
-                // Each record carries the epoch that produced it as its event time.
                 for record in batch.drain(..) {
-                    open.entry(record.event_time_ms().max(0) as Epoch).or_default().push(record);
+                    if !halted() {
+                        open.entry(record.epoch()).or_default().push(record);
+                    }
                 }
             });
             let mut produced = 0;
@@ -186,33 +218,43 @@ pub fn produce<'s, T: Output>(records: Stream<'s, Epoch, Vec<T>>, sink: RecordSi
                 if frontier.less_equal(entry.key()) {
                     break;
                 }
-                if sink.stopping.get() || sink.error.borrow().is_some() {
+                if halted() {
                     open.clear();
                     break;
                 }
                 let epoch = *entry.key();
                 for record in entry.remove() {
-                    if epoch < sink.resume_at {
-                        sink.metrics.outputs_suppressed.inc();
+                    if epoch < alerts.resume_at {
+                        alerts.metrics.outputs_suppressed.inc();
                         continue;
                     }
-                    match sink.produce(&record, &mut buffer) {
+                    let result = match &record {
+                        Outgoing::Alert(alert) => alerts.produce(alert, &mut buffer),
+                        Outgoing::Graph(edge) => match &graph {
+                            Some(sink) => sink.produce(edge, &mut buffer),
+                            None => Ok(()),
+                        },
+                    };
+                    match result {
                         Ok(()) => {
                             produced += 1;
-                            record.count(&sink.metrics);
+                            match &record {
+                                Outgoing::Alert(alert) => alert.count(&alerts.metrics),
+                                Outgoing::Graph(edge) => edge.count(&alerts.metrics),
+                            }
                         }
                         Err(error) => {
-                            *sink.error.borrow_mut() = Some(error);
+                            *alerts.error.borrow_mut() = Some(error);
                             break;
                         }
                     }
                 }
             }
             // The input's progress is reported only after this returns: flushing here keeps the
-            // frontier from passing an epoch before its alerts are durable.
+            // frontier from passing an epoch before its records are durable.
             if produced > 0 {
-                if let Err(error) = sink.flush() {
-                    *sink.error.borrow_mut() = Some(error);
+                if let Err(error) = alerts.flush() {
+                    *alerts.error.borrow_mut() = Some(error);
                 }
             }
         }

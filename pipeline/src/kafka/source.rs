@@ -192,21 +192,35 @@ impl DestinationCap {
     }
 }
 
+/// Which partitions of the flows topic a worker reads: those `p` with `p % workers == index`.
+#[derive(Clone, Copy, Debug)]
+pub struct Share {
+    pub index: usize,
+    pub workers: usize,
+    /// Partitions of the flows topic.
+    pub all_partitions: i32,
+}
+
+impl Share {
+    pub fn partitions(&self) -> Vec<i32> {
+        (0..self.all_partitions).filter(|p| *p as usize % self.workers == self.index).collect()
+    }
+}
+
 impl FlowSource {
-    /// Opens a consumer for `partitions` of the flows topic (of `all_partitions`, read by
-    /// `workers` workers). It resumes from the group's committed offsets (or the earliest offset
-    /// when there are none); when they carry a [`Checkpoint`], it first replays from the
-    /// checkpoint's offset, and [`FlowSource::resume`] tells from which epoch output is new.
+    /// Opens a consumer for the worker's `share` of the flows topic. It resumes from the group's
+    /// committed offsets (or the earliest offset when there are none); when they carry a
+    /// [`Checkpoint`], it first replays from the checkpoint's offset, and [`FlowSource::resume`]
+    /// tells from which epoch output is new.
     pub fn open(
         config: &Config,
         client: &ClientConfig,
-        partitions: Vec<i32>,
-        all_partitions: i32,
-        workers: usize,
+        share: Share,
         adapter: Adapter,
         outbox: Rc<Outbox>,
         metrics: Arc<Metrics>,
     ) -> Result<FlowSource, KafkaError> {
+        let (partitions, all_partitions, workers) = (share.partitions(), share.all_partitions, share.workers);
         let topic = config.topics.flows.clone();
         let consumer: BaseConsumer = client
             .clone()
@@ -452,10 +466,20 @@ impl FlowSource {
     /// each with the [`Checkpoint`] a restart resumes from. `frontier` is `None` once the output
     /// is complete. A commit that would only move the checkpoint is made at most once a second,
     /// except with `CommitMode::Sync` (at shutdown).
-    pub fn commit_passed(&mut self, frontier: Option<Epoch>, mode: CommitMode) -> Result<(), KafkaError> {
+    ///
+    /// A restarted worker emits from its own resume point, and its output depends on the flows of
+    /// every partition, so each checkpoint keeps the flows needed to replay for the least resume
+    /// point of all workers: `others` is the least the other workers announced they committed
+    /// (`None` without other workers). Returns the resume point committed, if a commit was made.
+    pub fn commit_passed(
+        &mut self,
+        frontier: Option<Epoch>,
+        mode: CommitMode,
+        others: Option<Epoch>,
+    ) -> Result<Option<Epoch>, KafkaError> {
         if self.outbox.too_soon(mode) {
             // The batches stay pending for the next commit.
-            return Ok(());
+            return Ok(None);
         }
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         while let Some(batch) = self.pending.front() {
@@ -480,9 +504,9 @@ impl FlowSource {
             }
         };
         if offsets.is_empty() && !moved {
-            return Ok(());
+            return Ok(None);
         }
-        let threshold = resume_at.saturating_sub(self.replay_horizon_ms);
+        let threshold = resume_at.min(others.unwrap_or(resume_at)).saturating_sub(self.replay_horizon_ms);
         let mut list = TopicPartitionList::new();
         for (&partition, clock) in self.intake.partitions.iter_mut() {
             // A replayed batch never moves the committed position back.
@@ -497,14 +521,14 @@ impl FlowSource {
             element.set_metadata(checkpoint.encode());
         }
         if list.count() == 0 {
-            return Ok(());
+            return Ok(None);
         }
         self.last_checkpoint = Some((resume_at, now));
         // Everything the worker wrote (dead letters included) is durable with, or before, these
         // offsets.
         self.outbox.commit(&self.consumer, &list, mode)?;
         self.intake.metrics.offset_commits.inc();
-        Ok(())
+        Ok(Some(resume_at))
     }
 }
 

@@ -266,6 +266,10 @@ pub fn load(
             let reason = format!("partitions {:?} not read to their end in time", ends.keys());
             return Err(KafkaError::State { topic: topic.to_owned(), reason });
         }
+        super::drop_read_to_end(&consumer, topic, &mut ends);
+        if ends.is_empty() {
+            break;
+        }
         let message = match consumer.poll(Duration::from_millis(200)) {
             None => continue,
             Some(Ok(message)) => message,
