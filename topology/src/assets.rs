@@ -5,8 +5,8 @@
 //! Endpoints the sensor identified as pods keep their Kubernetes identity, and external addresses
 //! in a configured external group keep their group.
 //!
-//! What it costs: matching runs on the distinct addresses of the window (a handful of updates per
-//! tick), keyed by `IpAddr`, never by entity string. Renaming leaves a record with no address-based
+//! What it costs: matching runs on the distinct addresses of the window, as `IpAddr`s (each
+//! contact's addresses are parsed and consolidated per tick; no entity string is kept). Renaming leaves a record with no address-based
 //! end (pod to pod) untouched and unindexed; a record with one is arranged once per such end, by
 //! address, and changed only if its address has an asset (see `rename_end`). With an empty
 //! inventory that one arrangement is the whole cost. Each function is a named region
@@ -528,7 +528,7 @@ mod tests {
             weigh_by_criticality(findings, asset_matches(contacts, assets))
                 .map(|finding| (finding.entity, finding.score, finding.evidence))
         });
-        let weighed: Vec<(String, u8, Vec<(String, String)>)> = out.into_iter().map(|(finding, _)| finding).collect();
+        let weighed: Vec<_> = out.into_iter().map(|(finding, _)| finding).collect();
         assert_eq!(
             weighed,
             vec![
