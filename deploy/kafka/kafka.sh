@@ -286,7 +286,8 @@ cmd_start() {
   # KRaft needs the log directory formatted with a cluster id before the first start.
   local cluster_id
   cluster_id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
-  if ! java_tool kafka.tools.StorageTool format --cluster-id "$cluster_id" --config "$CONFIG" \
+  # `--cluster-id=…` in one word: an id starting with "-" (one in 64) would otherwise be taken for an option.
+  if ! java_tool kafka.tools.StorageTool format "--cluster-id=$cluster_id" --config "$CONFIG" \
       >"$LOG_DIR/format.log" 2>&1; then
     cat "$LOG_DIR/format.log" >&2
     die "formatting the KRaft store in $DATA_DIR failed"
