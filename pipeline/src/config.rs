@@ -193,10 +193,6 @@ pub struct RunConfig {
     /// Format the alerts and service-graph edges are written in; `avro-confluent` needs
     /// `[schema_registry]`.
     pub alert_format: WireFormat,
-    /// Write every worker's output (alerts, graph changes, state records, dead letters) and its
-    /// consumed offsets in Kafka transactions, so that even after a crash a read-committed
-    /// consumer sees each output once. Needs a broker with transactions enabled.
-    pub exactly_once: bool,
 }
 
 impl Default for RunConfig {
@@ -209,7 +205,6 @@ impl Default for RunConfig {
             idle_timeout: Duration::from_secs(10),
             stop_at_end: false,
             alert_format: WireFormat::Json,
-            exactly_once: false,
         }
     }
 }

@@ -56,11 +56,6 @@ struct Announcement {
     worker: usize,
     watermark: Epoch,
     finished_at: Option<Epoch>,
-    /// The resume point of the worker's latest offset commit: every worker keeps the flows its
-    /// partitions need to replay for the least such point it knows of (see
-    /// `FlowSource::commit_passed`), since a worker's output after a restart depends on flows of
-    /// every partition.
-    committed: Option<Epoch>,
 }
 
 /// The worker's handles on the dataflow's inputs, advanced together.
@@ -256,10 +251,8 @@ fn run_worker(
     let index = worker.index();
     let peers = worker.peers();
     let client = client_config(&config.kafka);
-    // One producer for everything the worker writes; transactional with `run.exactly_once`, with
-    // an id per worker of this cluster shape, so a restarted worker fences its crashed incarnation.
-    let transactional_id = format!("{}.worker-{index}-of-{peers}", config.input.group_id);
-    let outbox = Rc::new(Outbox::new(&client, config.run.exactly_once.then_some(transactional_id.as_str()))?);
+    // One producer for everything the worker writes.
+    let outbox = Rc::new(Outbox::new(&client)?);
     let adapter = config.adapter(registry)?;
     let share = Share { index, workers: peers, all_partitions: partitions };
     let mut source = FlowSource::open(config, &client, share, adapter, outbox.clone(), metrics.clone())?;
@@ -304,12 +297,6 @@ fn run_worker(
     // What the other workers announced: the furthest watermark, and who has finished where.
     let announced = Rc::new(Cell::new(0 as Epoch));
     let finished: Rc<RefCell<BTreeMap<usize, Epoch>>> = Rc::new(RefCell::new(BTreeMap::new()));
-    // The latest resume point each worker announced it committed.
-    let committed_by: Rc<RefCell<BTreeMap<usize, Epoch>>> = Rc::new(RefCell::new(BTreeMap::new()));
-    // The least resume point the other workers committed, as far as this one knows (`None` alone).
-    let others_committed = |committed_by: &BTreeMap<usize, Epoch>| {
-        (0..peers).filter(|w| *w != index).map(|w| committed_by.get(&w).copied().unwrap_or(0)).min()
-    };
 
     let mut topology = config.topology();
     topology.lifecycle.observed_since = resume.observed_since;
@@ -346,16 +333,11 @@ fn run_worker(
             .probe_with(&probe);
 
         let (announce_in, announcements) = scope.new_input::<Vec<Announcement>>();
-        let (announced, finished, committed_by) = (announced.clone(), finished.clone(), committed_by.clone());
+        let (announced, finished) = (announced.clone(), finished.clone());
         announcements.broadcast().sink(Pipeline, "Announcements", move |(input, _)| {
             input.for_each(|_, batch| {
                 for a in batch.drain(..) {
                     announced.set(announced.get().max(a.watermark));
-                    if let Some(at) = a.committed {
-                        let mut committed_by = committed_by.borrow_mut();
-                        let known = committed_by.entry(a.worker).or_insert(at);
-                        *known = (*known).max(at);
-                    }
                     if let Some(end) = a.finished_at {
                         finished.borrow_mut().insert(a.worker, end);
                     }
@@ -448,7 +430,7 @@ fn run_worker(
         let watermark = source.watermark(Instant::now(), announced.get());
         if watermark > floor {
             feeds.advance_to(watermark);
-            announce_in.send(Announcement { worker: index, watermark, finished_at: None, committed: None });
+            announce_in.send(Announcement { worker: index, watermark, finished_at: None });
             announce_in.advance_to(watermark);
         }
         feeds.flush();
@@ -458,12 +440,7 @@ fn run_worker(
 
         if config.run.stop_at_end && !announced_finish && source.at_end() {
             let end = source.max_epoch().map_or(0, |e| e + tick);
-            announce_in.send(Announcement {
-                worker: index,
-                watermark: feeds.time(),
-                finished_at: Some(end),
-                committed: None,
-            });
+            announce_in.send(Announcement { worker: index, watermark: feeds.time(), finished_at: Some(end) });
             announce_in.flush();
             announced_finish = true;
         }
@@ -490,12 +467,7 @@ fn run_worker(
             if let Some(store) = history_store.as_mut() {
                 persist_volumes(store, &derived_volumes, &config.time)?;
             }
-            let others = others_committed(&committed_by.borrow());
-            if let Some(at) = source.commit_passed(frontier, CommitMode::Async, others)? {
-                let committed =
-                    Announcement { worker: index, watermark: feeds.time(), finished_at: None, committed: Some(at) };
-                announce_in.send(committed);
-            }
+            source.commit_passed(frontier, CommitMode::Async)?;
             last_frontier = frontier;
         }
         if let Some(shard) = graph_shard.as_mut() {
@@ -534,7 +506,7 @@ fn run_worker(
     if let Some(store) = history_store.as_mut() {
         persist_volumes(store, &derived_volumes, &config.time)?;
     }
-    source.commit_passed(frontier, CommitMode::Sync, others_committed(&committed_by.borrow()))?;
+    source.commit_passed(frontier, CommitMode::Sync)?;
     if let Some(error) = sink_error.borrow_mut().take() {
         return Err(error.into());
     }

@@ -94,8 +94,6 @@ pub enum KafkaError {
     MissingTopic { topic: String, brokers: String },
     #[error("cannot create topic {topic:?}: {reason}")]
     CreateTopic { topic: String, reason: String },
-    #[error("exactly-once output: {reason}")]
-    Transaction { reason: String },
     #[error("cannot delete topic {topic:?}: {reason}")]
     DeleteTopic { topic: String, reason: String },
     #[error("cannot encode an alert for {topic}: {reason}")]

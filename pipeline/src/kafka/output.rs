@@ -1,9 +1,8 @@
 //! The output sinks: a timely operator on every worker that produces its worker's records (alert
-//! events keyed by alert id, service-graph changes keyed by edge) to a topic once their epoch is
-//! closed, through the worker's [`Outbox`], and (unless the outbox is transactional, when the
-//! transaction's commit does it) flushes them before it lets the epoch's progress through, so an
-//! offset commit never overtakes an output it caused. An offset commit at output frontier `F`
-//! therefore covers exactly the records of the epochs before `F`.
+//! events keyed by alert id, service-graph changes keyed by edge) once their epoch is closed,
+//! through the worker's [`Outbox`], and flushes them before it lets the epoch's progress through,
+//! so an offset commit never overtakes an output it caused. An offset commit at output frontier
+//! `F` therefore covers exactly the records of the epochs before `F`.
 
 use std::cell::{Cell, RefCell};
 use std::collections::BTreeMap;
@@ -152,11 +151,8 @@ impl<T: Output> RecordSink<T> {
     }
 
     /// Makes what was produced (through the worker's outbox, by any sink) durable before the
-    /// epoch's progress goes on; in a transaction the commit does that.
+    /// epoch's progress goes on.
     fn flush(&self) -> Result<(), KafkaError> {
-        if self.outbox.transactional() {
-            return Ok(());
-        }
         self.outbox.flush("output records")
     }
 }
@@ -189,8 +185,7 @@ pub struct Sinks {
 /// closed for **both** (one operator over both streams: an epoch is produced whole or not at all,
 /// so the output frontier after it, which the checkpoints record as the resume point, splits the
 /// output exactly). The returned (empty) stream's frontier passes an epoch only after that
-/// epoch's records are handed to the outbox and (not transactional) acknowledged by the
-/// brokers: probe it to know what a commit covers.
+/// epoch's records are acknowledged by the brokers: probe it to know what a commit covers.
 pub fn produce<'s>(
     alerts: Stream<'s, Epoch, Vec<Alert>>,
     graph: Stream<'s, Epoch, Vec<GraphEdge>>,

@@ -466,21 +466,7 @@ impl FlowSource {
     /// each with the [`Checkpoint`] a restart resumes from. `frontier` is `None` once the output
     /// is complete. A commit that would only move the checkpoint is made at most once a second,
     /// except with `CommitMode::Sync` (at shutdown).
-    ///
-    /// A restarted worker emits from its own resume point, and its output depends on the flows of
-    /// every partition, so each checkpoint keeps the flows needed to replay for the least resume
-    /// point of all workers: `others` is the least the other workers announced they committed
-    /// (`None` without other workers). Returns the resume point committed, if a commit was made.
-    pub fn commit_passed(
-        &mut self,
-        frontier: Option<Epoch>,
-        mode: CommitMode,
-        others: Option<Epoch>,
-    ) -> Result<Option<Epoch>, KafkaError> {
-        if self.outbox.too_soon(mode) {
-            // The batches stay pending for the next commit.
-            return Ok(None);
-        }
+    pub fn commit_passed(&mut self, frontier: Option<Epoch>, mode: CommitMode) -> Result<(), KafkaError> {
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
         while let Some(batch) = self.pending.front() {
             let passed = match (batch.epoch, frontier) {
@@ -504,9 +490,9 @@ impl FlowSource {
             }
         };
         if offsets.is_empty() && !moved {
-            return Ok(None);
+            return Ok(());
         }
-        let threshold = resume_at.min(others.unwrap_or(resume_at)).saturating_sub(self.replay_horizon_ms);
+        let threshold = resume_at.saturating_sub(self.replay_horizon_ms);
         let mut list = TopicPartitionList::new();
         for (&partition, clock) in self.intake.partitions.iter_mut() {
             // A replayed batch never moves the committed position back.
@@ -521,14 +507,14 @@ impl FlowSource {
             element.set_metadata(checkpoint.encode());
         }
         if list.count() == 0 {
-            return Ok(None);
+            return Ok(());
         }
         self.last_checkpoint = Some((resume_at, now));
         // Everything the worker wrote (dead letters included) is durable with, or before, these
         // offsets.
         self.outbox.commit(&self.consumer, &list, mode)?;
         self.intake.metrics.offset_commits.inc();
-        Ok(Some(resume_at))
+        Ok(())
     }
 }
 

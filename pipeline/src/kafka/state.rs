@@ -149,8 +149,7 @@ impl Resume {
 /// One worker's writer of the long-horizon histories: a record when the worker first puts a
 /// sighting into the history or its dataflow derives a volume tick, a tombstone when the record's
 /// time to live has run out. Records go out through the worker's [`Outbox`], batched by its
-/// producer, and are durable (flushed, or committed in the same transaction) before the offsets
-/// of the flows that caused them are committed.
+/// producer, which flushes them before the offsets of the flows that caused them are committed.
 pub struct HistoryStore {
     outbox: Rc<Outbox>,
     topic: String,
