@@ -115,6 +115,8 @@ pub struct FlowSource {
     consumer: BaseConsumer,
     /// The worker's producer: dead letters go through it, and it commits the offsets.
     outbox: Rc<Outbox>,
+    /// The flows topic's name for librdkafka's C API (made once, not per poll).
+    topic_c: std::ffi::CString,
     intake: Intake,
     pending: VecDeque<PendingCommit>,
     /// Where emission resumes after a restart (0 on a first start).
@@ -340,9 +342,14 @@ impl FlowSource {
             },
             observed_since: resume.observed_since,
         };
+        let topic_c = std::ffi::CString::new(config.topics.flows.as_str()).map_err(|_| KafkaError::Client {
+            context: format!("the flows topic name {:?} holds a NUL byte", config.topics.flows),
+            source: rdkafka::error::KafkaError::ClientCreation("invalid topic name".into()),
+        })?;
         Ok(FlowSource {
             consumer,
             outbox,
+            topic_c,
             intake,
             pending: VecDeque::new(),
             resume,
@@ -412,11 +419,10 @@ impl FlowSource {
     /// Refreshes each partition's known end and position from librdkafka's cached state (no
     /// broker request).
     fn refresh_ends(&mut self) {
-        let topic = &self.intake.topic;
-        let Ok(topic_c) = std::ffi::CString::new(topic.as_str()) else { return };
+        let (topic, topic_c) = (&self.intake.topic, &self.topic_c);
         let positions = self.consumer.position().ok();
         for (&partition, clock) in self.intake.partitions.iter_mut() {
-            if let Some(high) = cached_high_watermark(&self.consumer, &topic_c, partition) {
+            if let Some(high) = cached_high_watermark(&self.consumer, topic_c, partition) {
                 clock.known_end = clock.known_end.max(high);
             }
             let position = positions.as_ref().and_then(|list| list.find_partition(topic, partition));

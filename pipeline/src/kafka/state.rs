@@ -299,9 +299,6 @@ pub fn load(
         } else if key.starts_with(VOLUME_PREFIX.as_bytes()) {
             keep_latest(&mut volumes, key, message.payload(), unreadable);
         }
-        if ends.get(&partition).is_some_and(|end| message.offset() + 1 >= *end) {
-            ends.remove(&partition);
-        }
     }
     metrics.state_records_loaded.inc_by(read);
     tracing::info!(
