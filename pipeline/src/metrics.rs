@@ -63,6 +63,9 @@ pub struct Metrics {
     pub offset_commits: Counter,
     /// The event-time frontier of the dataflow output (ms since the Unix epoch), per process.
     pub output_frontier_ms: Gauge,
+    /// Updates the workers of this process hold for a later epoch (window retractions, history
+    /// and volume expiries) until event time reaches it: about one per (edge, tick) in the window.
+    pub scheduled_updates: Gauge,
     /// Flow messages read again after a restart (offsets below the committed ones): the replay
     /// that refills the window.
     pub replayed_messages: Counter,
@@ -152,6 +155,11 @@ impl Metrics {
             "output_frontier_ms",
             "Event-time frontier of the dataflow output",
             self.output_frontier_ms.clone(),
+        );
+        registry.register(
+            "scheduled_updates",
+            "Window retractions and history expiries held until their epoch",
+            self.scheduled_updates.clone(),
         );
         registry.register(
             "replayed_messages",

@@ -16,7 +16,8 @@ use peergraph_schemas::codec::SchemaRegistry;
 use peergraph_schemas::{Alert, GraphEdge};
 use peergraph_topology::volume_history::{expires_at, settles_at};
 use peergraph_topology::{
-    build, AssetRecord, Edge, Epoch, Indicator, Inputs, ResumedAlerts, TimeConfig, Volume, WorkloadEdge,
+    build, AssetRecord, Edge, Epoch, Indicator, Inputs, Name, ResumedAlerts, ScheduledInput, TimeConfig, Volume,
+    WorkloadEdge,
 };
 use rdkafka::consumer::CommitMode;
 use serde::{Deserialize, Serialize};
@@ -58,14 +59,16 @@ struct Announcement {
     finished_at: Option<Epoch>,
 }
 
-/// The worker's handles on the dataflow's inputs, advanced together.
+/// The worker's handles on the dataflow's inputs, advanced together. The inputs whose records
+/// leave later (contacts after the window, history sightings after the TTL, volume ticks when
+/// they expire) hold those retractions until their epoch (see [`ScheduledInput`]).
 struct Feeds {
-    contacts: InputSession<Epoch, (Edge, Epoch), Volume>,
+    contacts: ScheduledInput<(Edge, Epoch), Volume>,
     assets: InputSession<Epoch, AssetRecord, isize>,
     indicators: InputSession<Epoch, Indicator, isize>,
-    history: InputSession<Epoch, (WorkloadEdge, Epoch), isize>,
+    history: ScheduledInput<(WorkloadEdge, Epoch), isize>,
     /// The volume history a previous run persisted.
-    volumes: InputSession<Epoch, (String, Epoch), isize>,
+    volumes: ScheduledInput<(Name, Epoch), isize>,
     /// Workload edges this worker already put into the history for a coarse epoch; only the
     /// current and the previous coarse epochs are kept.
     remembered: BTreeMap<Epoch, HashSet<WorkloadEdge>>,
@@ -126,6 +129,11 @@ impl Feeds {
             self.volumes.update_at(tick.clone(), settles_at(time, entry.coarse), entry.bytes as isize);
             self.volumes.update_at(tick, expires_at(time, entry.coarse), -(entry.bytes as isize));
         }
+    }
+
+    /// Updates held for later epochs.
+    fn scheduled(&self) -> usize {
+        self.contacts.held() + self.history.held() + self.volumes.held()
     }
 
     fn advance_to(&mut self, time: Epoch) {
@@ -313,7 +321,7 @@ fn run_worker(
         let (assets_in, assets) = scope.new_collection::<AssetRecord, isize>();
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-        let (volumes_in, volumes) = scope.new_collection::<(String, Epoch), isize>();
+        let (volumes_in, volumes) = scope.new_collection::<(Name, Epoch), isize>();
         let outputs = build(&topology, Inputs { contacts, assets, indicators, history, volumes });
         let graph_trace = outputs.graph.trace.clone();
         let produced = produce(outputs.alerts, outputs.graph_changes, Sinks { alerts: alert_sink, graph: graph_sink });
@@ -345,11 +353,11 @@ fn run_worker(
             });
         });
         let feeds = Feeds {
-            contacts: contacts_in,
+            contacts: ScheduledInput::new(contacts_in),
             assets: assets_in,
             indicators: indicators_in,
-            history: history_in,
-            volumes: volumes_in,
+            history: ScheduledInput::new(history_in),
+            volumes: ScheduledInput::new(volumes_in),
             remembered: BTreeMap::new(),
             learned: Vec::new(),
         };
@@ -398,6 +406,8 @@ fn run_worker(
     let mut report = RunReport { resumed_at: resume.resume_at, ..RunReport::default() };
     let mut announced_finish = false;
     let mut last_frontier = None;
+    // This worker's share of the process's `scheduled_updates` gauge.
+    let mut scheduled = 0i64;
     loop {
         if shutdown.load(Ordering::Relaxed) {
             tracing::info!(worker = index, "shutting down");
@@ -434,6 +444,9 @@ fn run_worker(
             announce_in.advance_to(watermark);
         }
         feeds.flush();
+        let now_scheduled = feeds.scheduled() as i64;
+        metrics.scheduled_updates.inc_by(now_scheduled - scheduled);
+        scheduled = now_scheduled;
         if let Some(store) = history_store.as_mut() {
             store.expire(feeds.time())?;
         }
@@ -513,6 +526,7 @@ fn run_worker(
     stopping.set(true);
     drop(graph_shard);
     worker.drop_dataflow(dataflow_index);
+    metrics.scheduled_updates.dec_by(scheduled);
     tracing::info!(worker = index, messages = report.messages, edge_updates = report.edge_updates, "worker stopped");
     Ok(report)
 }

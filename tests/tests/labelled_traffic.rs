@@ -19,7 +19,8 @@ use differential_dataflow::input::Input;
 use peergraph_schemas::adapters::{Adapter, InputFormat};
 use peergraph_schemas::Flow;
 use peergraph_topology::{
-    build, AssetRecord, Edge, EntityResolver, Epoch, Finding, Indicator, Inputs, TopologyConfig, Volume, WorkloadEdge,
+    build, AssetRecord, Edge, EntityResolver, Epoch, Finding, Indicator, Inputs, Name, ScheduledInput, TopologyConfig,
+    Volume, WorkloadEdge,
 };
 
 fn data(path: &str) -> PathBuf {
@@ -57,11 +58,11 @@ fn findings(config: &TopologyConfig, flows: Vec<Flow>) -> BTreeMap<Identity, Vec
                 let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
                 let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
                 // Nothing restored: the volume history is derived from the flows alone.
-                let (volumes_in, volumes) = scope.new_collection::<(String, Epoch), isize>();
+                let (volumes_in, volumes) = scope.new_collection::<(Name, Epoch), isize>();
                 drop(volumes_in);
                 let outputs = build(&topology, Inputs { contacts, assets, indicators, history, volumes });
                 let (probe, _) = outputs.findings.inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
-                (contacts_in, assets_in, indicators_in, history_in, probe)
+                (ScheduledInput::new(contacts_in), assets_in, indicators_in, ScheduledInput::new(history_in), probe)
             });
 
         // One batch per epoch, pre-aggregated per (edge, epoch) as the pipeline's source does.
@@ -130,7 +131,7 @@ fn findings(config: &TopologyConfig, flows: Vec<Flow>) -> BTreeMap<Identity, Vec
         current.retain(|_, count| *count != 0);
         for (finding, count) in &current {
             assert_eq!(*count, 1, "a finding holds once: {finding:?}");
-            let identity = (finding.detector.clone(), finding.entity.clone(), finding.key.clone());
+            let identity = (finding.detector.clone(), finding.entity.to_string(), finding.key.clone());
             let versions = held.entry(identity).or_default();
             if versions.last() != Some(finding) {
                 versions.push(finding.clone());

@@ -20,10 +20,10 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use differential_dataflow::input::{Input, InputSession};
+use differential_dataflow::input::Input;
 use peergraph_topology::{
-    build, AssetRecord, Edge, Endpoint, Epoch, GraphFilter, GraphHistory, GraphTrace, Indicator, Inputs,
-    TopologyConfig, Volume, WorkloadEdge,
+    build, AssetRecord, Edge, Endpoint, Epoch, GraphFilter, GraphHistory, GraphTrace, Indicator, Inputs, Name,
+    ScheduledInput, TopologyConfig, Volume, WorkloadEdge,
 };
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -39,10 +39,10 @@ fn edge_number(i: usize) -> Edge {
     let backend = (i / 2000) % 50;
     Edge {
         src: Endpoint {
-            entity: format!("pod:ns{group}/w{group}-{member}"),
-            workload: Some(format!("workload:ns{group}/Deployment/w{group}")),
+            entity: format!("pod:ns{group}/w{group}-{member}").into(),
+            workload: Some(format!("workload:ns{group}/Deployment/w{group}").into()),
         },
-        dst: Endpoint { entity: format!("host:{}", backend_address(backend)), workload: None },
+        dst: Endpoint { entity: format!("host:{}", backend_address(backend)).into(), workload: None },
         dst_port: 443 + (i % 7) as u16,
         protocol: 6,
     }
@@ -68,7 +68,7 @@ fn inventory(percent: usize) -> Vec<AssetRecord> {
 
 /// A worker's installed topology: its contacts input, the probe on its alerts, and a handle on the
 /// arranged graph's trace.
-type Installed = (InputSession<Epoch, (Edge, Epoch), Volume>, ProbeHandle<Epoch>, GraphTrace);
+type Installed = (ScheduledInput<(Edge, Epoch), Volume>, ProbeHandle<Epoch>, GraphTrace);
 
 /// The whole topology on this worker, fed contacts and `assets` (given by worker 0 at the start):
 /// the reference inputs are closed at once so they hold no time back.
@@ -85,11 +85,11 @@ fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig, assets:
         let assets = assets_collection;
         let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
         let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
-        let (volumes_in, volumes) = scope.new_collection::<(String, Epoch), isize>();
+        let (volumes_in, volumes) = scope.new_collection::<(Name, Epoch), isize>();
         let outputs = build(config, Inputs { contacts, assets, indicators, history, volumes });
         let (probe, _) = outputs.alerts.probe();
         drop((assets_in, indicators_in, history_in, volumes_in));
-        (contacts_in, probe, outputs.graph.trace)
+        (ScheduledInput::new(contacts_in), probe, outputs.graph.trace)
     })
 }
 
@@ -238,9 +238,7 @@ fn main() {
         // Churn: from here on, each edge appears in a tick with probability 1/100, so once the
         // dense ticks have left the window about 1 % of the keys change per tick (appear, or
         // leave the window). Settle for one window, then time the next ten ticks.
-        let sparse = |rng: &mut ChaCha8Rng,
-                      contacts: &mut differential_dataflow::input::InputSession<Epoch, (Edge, Epoch), Volume>,
-                      epoch: Epoch| {
+        let sparse = |rng: &mut ChaCha8Rng, contacts: &mut ScheduledInput<(Edge, Epoch), Volume>, epoch: Epoch| {
             for edge in &mine {
                 if rng.random_range(0..100) == 0 {
                     let volume = Volume { flows: 1, bytes_out: 900, ..Volume::default() };

@@ -29,6 +29,7 @@ use timely::dataflow::operators::vec::Map;
 use crate::detectors::Finding;
 use crate::entity::Endpoint;
 use crate::graph::{Edge, WorkloadEdge};
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -44,7 +45,10 @@ pub struct AssetRecord {
 
 impl AssetRecord {
     pub fn endpoint(&self) -> Endpoint {
-        Endpoint { entity: format!("asset:{}", self.id), workload: self.role.as_ref().map(|r| format!("role:{r}")) }
+        Endpoint {
+            entity: Name::joined(&["asset:", &self.id]),
+            workload: self.role.as_ref().map(|role| Name::joined(&["role:", role])),
+        }
     }
 }
 
@@ -189,7 +193,7 @@ pub fn resolve_history<'s>(
 ) -> VecCollection<'s, Epoch, (WorkloadEdge, Epoch)> {
     let outer = history.scope();
     outer.region_named("ResolveHistory", |inner| {
-        let nodes = matches.enter_region(inner).map(|(address, asset)| (address, asset.endpoint().node().to_owned()));
+        let nodes = matches.enter_region(inner).map(|(address, asset)| (address, asset.endpoint().node().clone()));
         let src = rename_end(
             history.enter_region(inner),
             nodes.clone(),
@@ -288,7 +292,7 @@ mod tests {
             Some(pod) => Some(format!("workload:ns/Deployment/{}", &pod[..1])),
             None => (entity == "ext:203.0.113.77").then(|| "ext-group:partner".to_owned()),
         };
-        Endpoint { entity: entity.to_owned(), workload }
+        Endpoint::new(entity, workload.as_deref())
     }
 
     /// The reference: an endpoint renamed by the longest listed network that holds its address
@@ -489,7 +493,7 @@ mod tests {
             seen
         });
         let state_at = |t: Epoch| {
-            let mut state: BTreeMap<(String, Option<String>, String), Volume> = BTreeMap::new();
+            let mut state: BTreeMap<(Name, Option<Name>, Name), Volume> = BTreeMap::new();
             for (datum, time, diff) in seen.iter().filter(|(_, time, _)| *time <= t) {
                 let _ = time;
                 differential_dataflow::difference::Semigroup::plus_equals(
@@ -497,7 +501,11 @@ mod tests {
                     diff,
                 );
             }
-            state.into_iter().filter(|(_, v)| v.flows != 0).map(|(k, _)| k).collect::<Vec<_>>()
+            state
+                .into_iter()
+                .filter(|(_, v)| v.flows != 0)
+                .map(|((entity, role, dst), _)| (entity.to_string(), role.map(String::from), dst.to_string()))
+                .collect::<Vec<_>>()
         };
         let role = Some("role:domain-controller".to_owned());
         assert_eq!(state_at(1000), vec![("asset:dc-1".to_owned(), role.clone(), "ext:203.0.113.9".to_owned())]);
@@ -516,7 +524,7 @@ mod tests {
             let finding = |entity: &str| Finding {
                 alert_id: format!("id-{entity}"),
                 detector: "test".to_owned(),
-                entity: entity.to_owned(),
+                entity: entity.into(),
                 key: String::new(),
                 peer_group: None,
                 score: 50,
@@ -526,7 +534,7 @@ mod tests {
             };
             let (_, findings) = scope.new_collection_from(vec![finding("asset:dc-1"), finding("host:10.0.9.9")]);
             weigh_by_criticality(findings, asset_matches(contacts, assets))
-                .map(|finding| (finding.entity, finding.score, finding.evidence))
+                .map(|finding| (finding.entity.to_string(), finding.score, finding.evidence))
         });
         let weighed: Vec<_> = out.into_iter().map(|(finding, _)| finding).collect();
         assert_eq!(
@@ -550,7 +558,7 @@ mod tests {
             let scope = contacts.scope();
             let (_, assets) = scope.new_collection_from(vec![asset("198.51.100.0/24", "partner", Some("partner"))]);
             resolve_assets(contacts.clone(), asset_matches(contacts, assets))
-                .map(|(edge, _)| (edge.dst.entity, edge.dst.workload))
+                .map(|(edge, _)| (edge.dst.entity.to_string(), edge.dst.workload.map(String::from)))
         });
         let ends: Vec<(String, Option<String>)> = out.into_iter().map(|(end, _)| end).collect();
         assert_eq!(

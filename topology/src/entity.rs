@@ -12,14 +12,16 @@ use peergraph_schemas::EndpointMeta;
 use prefix_trie::joint::{JointPrefixMap, JointPrefixSet};
 use serde::{Deserialize, Serialize};
 
+use crate::name::Name;
+
 /// A resolved flow endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoint {
     /// "pod:<namespace>/<pod>", "host:<addr>" or "ext:<addr>".
-    pub entity: String,
+    pub entity: Name,
     /// "workload:<namespace>/<kind>/<name>" when the endpoint is a replica of a workload;
     /// "ext-group:<name>" when it is an external address in an external group.
-    pub workload: Option<String>,
+    pub workload: Option<Name>,
 }
 
 /// The destination that stands for every destination beyond a source's cap.
@@ -35,9 +37,14 @@ pub fn is_external_node(node: &str) -> bool {
 }
 
 impl Endpoint {
+    /// The endpoint of an entity, in a workload (or external group) or none.
+    pub fn new(entity: &str, workload: Option<&str>) -> Endpoint {
+        Endpoint { entity: Name::new(entity), workload: workload.map(Name::new) }
+    }
+
     /// The destination that stands for every destination beyond a source's cap.
     pub fn overflow() -> Endpoint {
-        Endpoint { entity: OVERFLOW_ENTITY.to_owned(), workload: None }
+        Endpoint { entity: Name::new(OVERFLOW_ENTITY), workload: None }
     }
 
     pub fn is_overflow(&self) -> bool {
@@ -46,8 +53,8 @@ impl Endpoint {
 
     /// The node this endpoint is in the workload-level graph: its workload (or external group),
     /// or itself.
-    pub fn node(&self) -> &str {
-        self.workload.as_deref().unwrap_or(&self.entity)
+    pub fn node(&self) -> &Name {
+        self.workload.as_ref().unwrap_or(&self.entity)
     }
 
     /// Whether the endpoint is an external address (grouped or not).
@@ -63,11 +70,11 @@ impl Endpoint {
     /// The peer group the endpoint's label puts it in: its workload or asset role. External
     /// endpoints have none: an external group is one node of the workload-level graph, not a set of
     /// entities expected to behave alike.
-    pub fn peer_group(&self) -> Option<&str> {
+    pub fn peer_group(&self) -> Option<&Name> {
         if self.is_external() {
             None
         } else {
-            self.workload.as_deref()
+            self.workload.as_ref()
         }
     }
 }
@@ -185,7 +192,7 @@ pub struct EntityResolver {
     internal: JointPrefixSet<IpNet>,
     /// Every external group's networks, each with the group's node (`ext-group:<name>`); an
     /// address takes the node of its longest matching network.
-    groups: JointPrefixMap<IpNet, String>,
+    groups: JointPrefixMap<IpNet, Name>,
 }
 
 impl EntityResolver {
@@ -197,7 +204,7 @@ impl EntityResolver {
         by_name.sort_by(|a, b| a.name.cmp(&b.name));
         let mut groups = JointPrefixMap::new();
         for group in by_name {
-            let node = format!("{EXTERNAL_GROUP_PREFIX}{}", group.name);
+            let node = Name::joined(&[EXTERNAL_GROUP_PREFIX, &group.name]);
             for network in group.networks.iter().map(IpNet::trunc) {
                 if !groups.contains_key(&network) {
                     groups.insert(network, node.clone());
@@ -218,28 +225,28 @@ impl EntityResolver {
 
     /// The node (`ext-group:<name>`) of the external group whose network is the longest to hold
     /// `ip`, if any. Meant for external addresses (internal ones are never grouped).
-    pub fn external_group(&self, ip: IpAddr) -> Option<&str> {
-        self.groups.get_lpm(&IpNet::from(ip)).map(|(_, node)| node.as_str())
+    pub fn external_group(&self, ip: IpAddr) -> Option<&Name> {
+        self.groups.get_lpm(&IpNet::from(ip)).map(|(_, node)| node)
     }
 
     /// The endpoint of a flow's address with its sensor metadata: a pod when the metadata names
     /// one, else `host:<addr>` on an internal network, else `ext:<addr>` (in its external group,
-    /// if any). The address is parsed once and looked up in prefix tables; only a grouped
-    /// external address allocates beyond the entity id (a copy of its group's node).
+    /// if any). The address is parsed once and looked up in prefix tables; the names are
+    /// interned, so a name this thread has seen recently costs no allocation.
     pub fn resolve(&self, addr: &str, meta: Option<&EndpointMeta>) -> Endpoint {
         if let Some(meta) = meta {
             if let (Some(ns), Some(pod)) = (&meta.namespace, &meta.pod) {
                 let workload = meta.workload.as_ref().map(|name| match &meta.workload_kind {
-                    Some(kind) => format!("workload:{ns}/{kind}/{name}"),
-                    None => format!("workload:{ns}/{name}"),
+                    Some(kind) => Name::joined(&["workload:", ns, "/", kind, "/", name]),
+                    None => Name::joined(&["workload:", ns, "/", name]),
                 });
-                return Endpoint { entity: format!("pod:{ns}/{pod}"), workload };
+                return Endpoint { entity: Name::joined(&["pod:", ns, "/", pod]), workload };
             }
         }
         match addr.parse::<IpAddr>() {
-            Ok(ip) if self.is_internal_ip(ip) => Endpoint { entity: format!("host:{addr}"), workload: None },
-            Ok(ip) => Endpoint { entity: format!("ext:{addr}"), workload: self.external_group(ip).map(str::to_owned) },
-            Err(_) => Endpoint { entity: format!("ext:{addr}"), workload: None },
+            Ok(ip) if self.is_internal_ip(ip) => Endpoint { entity: Name::joined(&["host:", addr]), workload: None },
+            Ok(ip) => Endpoint { entity: Name::joined(&["ext:", addr]), workload: self.external_group(ip).cloned() },
+            Err(_) => Endpoint { entity: Name::joined(&["ext:", addr]), workload: None },
         }
     }
 }
@@ -307,7 +314,7 @@ mod tests {
         ] {
             let e = r.resolve(addr, None);
             assert_eq!(e.entity, format!("ext:{addr}"));
-            assert_eq!(e.node(), format!("ext-group:{group}"), "{addr}");
+            assert_eq!(*e.node(), format!("ext-group:{group}"), "{addr}");
             assert_eq!(e.external_group(), Some(group));
             assert!(e.is_external(), "{addr}");
             assert_eq!(e.peer_group(), None, "a grouped external address is no peer-group member");

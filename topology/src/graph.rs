@@ -15,6 +15,7 @@ use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
 use crate::entity::Endpoint;
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -31,8 +32,8 @@ pub struct Edge {
 /// An edge between workloads (or entities that belong to none).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct WorkloadEdge {
-    pub src: String,
-    pub dst: String,
+    pub src: Name,
+    pub dst: Name,
     pub dst_port: u16,
     pub protocol: u8,
 }
@@ -40,8 +41,8 @@ pub struct WorkloadEdge {
 impl From<&Edge> for WorkloadEdge {
     fn from(edge: &Edge) -> WorkloadEdge {
         WorkloadEdge {
-            src: edge.src.node().to_owned(),
-            dst: edge.dst.node().to_owned(),
+            src: edge.src.node().clone(),
+            dst: edge.dst.node().clone(),
             dst_port: edge.dst_port,
             protocol: edge.protocol,
         }
@@ -64,7 +65,7 @@ pub struct EdgeState {
 }
 
 /// The service graph at one level with each edge's state: `((level, src, dst, port, proto), state)`.
-pub type GraphKey = (EdgeLevel, String, String, u16, u8);
+pub type GraphKey = (EdgeLevel, Name, Name, u16, u8);
 
 /// The windowed service graph, at entity and at workload level, with each edge's volume and its
 /// first-seen and last-seen epochs within the window.
@@ -154,8 +155,8 @@ pub fn graph_edge(key: GraphKey, state: EdgeState, window_ms: u64, time: Epoch) 
     GraphEdge {
         level,
         present: state.volume.flows > 0,
-        src,
-        dst,
+        src: src.into(),
+        dst: dst.into(),
         dst_port: dst_port.into(),
         protocol: protocol.into(),
         window_ms: window_ms as i64,

@@ -12,6 +12,7 @@ use peergraph_schemas::EdgeLevel;
 use timely::progress::Antichain;
 
 use crate::graph::{EdgeState, GraphKey};
+use crate::name::Name;
 use crate::time::Epoch;
 
 /// The trace of the arranged service graph: `GraphKey → EdgeState`, one shard per worker.
@@ -175,7 +176,7 @@ pub fn read_at(trace: &mut GraphTrace, at: Epoch, filter: &GraphFilter) -> Vec<(
     let (mut cursor, storage) = cursor_list(batches);
     let mut edges = Vec::new();
     // Keys sort by level first: start at the level's first key and stop after its last.
-    let first: GraphKey = (filter.level, String::new(), String::new(), 0, 0);
+    let first: GraphKey = (filter.level, Name::least(), Name::least(), 0, 0);
     cursor.seek_key(&storage, &first);
     while let Some(key) = cursor.get_key(&storage) {
         if key.0 != filter.level {
@@ -365,7 +366,7 @@ mod tests {
 
     #[test]
     fn filters_pick_a_level_a_node_and_a_namespace() {
-        let key = |src: &str, dst: &str| (EdgeLevel::Entity, src.to_owned(), dst.to_owned(), 443, 6);
+        let key = |src: &str, dst: &str| (EdgeLevel::Entity, Name::new(src), Name::new(dst), 443, 6);
         let filter = GraphFilter {
             level: EdgeLevel::Entity,
             node: Some("host:10.0.0.9".into()),

@@ -21,6 +21,7 @@ use timely::dataflow::Stream;
 
 use crate::detectors::Finding;
 use crate::graph::Edge;
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -394,9 +395,9 @@ fn finding_of(alert: &Alert) -> Finding {
     Finding {
         alert_id: alert.alert_id.clone(),
         detector: alert.detector.clone(),
-        entity: alert.entity.clone(),
+        entity: Name::new(&alert.entity),
         key: String::new(),
-        peer_group: alert.peer_group.clone(),
+        peer_group: alert.peer_group.as_deref().map(Name::new),
         score: alert.score.clamp(0.0, 100.0) as u8,
         summary: alert.summary.clone(),
         evidence: alert.evidence.clone().into_iter().collect(),
@@ -412,8 +413,8 @@ fn to_alert(finding: &Finding, event: AlertEvent, first_seen: Epoch, last_seen: 
         detector: finding.detector.clone(),
         severity: Severity::from_score(score),
         score,
-        entity: finding.entity.clone(),
-        peer_group: finding.peer_group.clone(),
+        entity: finding.entity.to_string(),
+        peer_group: finding.peer_group.as_ref().map(Name::to_string),
         summary: finding.summary.clone(),
         evidence: finding.evidence.iter().cloned().collect(),
         techniques: finding.techniques.clone(),

@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::detectors::service;
 use crate::graph::Edge;
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -44,21 +45,21 @@ pub const PROFILE_GROUP_PREFIX: &str = "ports:";
 
 /// The name of the group of entities that answer on exactly `services` ("22/tcp", ascending by
 /// port and protocol).
-pub fn profile_group(services: &[(u16, u8)]) -> String {
+pub fn profile_group(services: &[(u16, u8)]) -> Name {
     let names: Vec<String> = services.iter().map(|(port, protocol)| service(*port, *protocol)).collect();
-    format!("{PROFILE_GROUP_PREFIX}{}", names.join(","))
+    Name::joined(&[PROFILE_GROUP_PREFIX, &names.join(",")])
 }
 
 /// `(entity, group)` for every entity seen in the window that belongs to a group.
 pub fn membership<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
     config: &PeerGroupsConfig,
-) -> VecCollection<'s, Epoch, (String, String)> {
+) -> VecCollection<'s, Epoch, (Name, Name)> {
     let labelled = edges
         .clone()
         .flat_map(|edge| {
             [edge.src, edge.dst].into_iter().filter_map(|end| {
-                let group = end.peer_group()?.to_owned();
+                let group = end.peer_group()?.clone();
                 Some((end.entity, group))
             })
         })
@@ -87,9 +88,7 @@ pub fn membership<'s>(
 }
 
 /// `(group, members)` for every group, counting the members seen in the window.
-pub fn group_sizes<'s>(
-    members: VecCollection<'s, Epoch, (String, String)>,
-) -> VecCollection<'s, Epoch, (String, isize)> {
+pub fn group_sizes<'s>(members: VecCollection<'s, Epoch, (Name, Name)>) -> VecCollection<'s, Epoch, (Name, isize)> {
     members.map(|(_entity, group)| group).count()
 }
 
@@ -107,7 +106,7 @@ mod tests {
     const WINDOW: Epoch = 5;
 
     fn endpoint(entity: &str, workload: Option<&str>) -> Endpoint {
-        Endpoint { entity: entity.to_owned(), workload: workload.map(str::to_owned) }
+        Endpoint::new(entity, workload)
     }
 
     /// Contacts among unlabelled hosts, replicas of one workload, an external address and a
@@ -139,11 +138,11 @@ mod tests {
         for (edge, _, volume) in contacts.iter().filter(|(_, at, _)| *at <= t && t < *at + WINDOW) {
             for end in [&edge.src, &edge.dst] {
                 if let Some(group) = end.peer_group() {
-                    groups.insert((end.entity.clone(), group.to_owned()));
+                    groups.insert((end.entity.to_string(), group.to_string()));
                 }
             }
             if edge.dst.workload.is_none() && !edge.dst.is_external() {
-                let services = answered.entry(edge.dst.entity.clone()).or_default();
+                let services = answered.entry(edge.dst.entity.to_string()).or_default();
                 *services.entry((edge.dst_port, edge.protocol)).or_default() += volume.flows - volume.failed;
             }
         }
@@ -152,7 +151,7 @@ mod tests {
                 let profile: Vec<(u16, u8)> =
                     services.into_iter().filter(|(_, n)| *n >= config.min_flows_per_service).map(|(s, _)| s).collect();
                 if !profile.is_empty() {
-                    groups.insert((entity, profile_group(&profile)));
+                    groups.insert((entity, profile_group(&profile).to_string()));
                 }
             }
         }
@@ -168,7 +167,9 @@ mod tests {
         let config = config.clone();
         run_scenario(&scenario, 26, move |inputs| membership(inputs.edges, &config))
             .into_iter()
-            .map(|(t, snapshot)| (t, as_set(&snapshot).into_iter().collect()))
+            .map(|(t, snapshot)| {
+                (t, as_set(&snapshot).into_iter().map(|(e, g)| (e.to_string(), g.to_string())).collect())
+            })
             .collect()
     }
 

@@ -8,6 +8,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use crate::graph::Edge;
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -134,7 +135,7 @@ pub struct Robust {
 }
 
 /// `((group, feature), (member, value))`: each member's features, keyed by its group.
-pub type MemberFeatures<'s> = VecCollection<'s, Epoch, ((String, Feature), (String, i64))>;
+pub type MemberFeatures<'s> = VecCollection<'s, Epoch, ((Name, Feature), (Name, i64))>;
 
 /// Connections an entity needs in the window to have a failed-connection ratio. Unit: flows.
 pub const MIN_CONNECTIONS_FOR_RATIO: i64 = 10;
@@ -142,9 +143,9 @@ pub const MIN_CONNECTIONS_FOR_RATIO: i64 = 10;
 /// `(entity, feature) → value` for every source entity in the window.
 pub fn entity_features<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
-) -> VecCollection<'s, Epoch, ((String, Feature), i64)> {
+) -> VecCollection<'s, Epoch, ((Name, Feature), i64)> {
     // The windowed totals per source are the consolidated differences; `count` turns them into data.
-    let totals = edges.clone().map(|edge| edge.src.entity).count().flat_map(|(entity, total): (String, Volume)| {
+    let totals = edges.clone().map(|edge| edge.src.entity).count().flat_map(|(entity, total): (Name, Volume)| {
         // A ratio over a handful of connections is noise (one failure in three is "333 ‰"):
         // below `MIN_CONNECTIONS_FOR_RATIO` the entity has no failed-ratio feature.
         let failed = (total.flows >= MIN_CONNECTIONS_FOR_RATIO).then(|| total.failed * 1000 / total.flows);
@@ -175,8 +176,8 @@ pub fn entity_features<'s>(
 
 /// `((group, feature), (member, value))` for every member of a group with outgoing traffic.
 pub fn member_features<'s>(
-    features: VecCollection<'s, Epoch, ((String, Feature), i64)>,
-    members: VecCollection<'s, Epoch, (String, String)>,
+    features: VecCollection<'s, Epoch, ((Name, Feature), i64)>,
+    members: VecCollection<'s, Epoch, (Name, Name)>,
 ) -> MemberFeatures<'s> {
     features
         .map(|((entity, feature), value)| (entity, (feature, value)))
@@ -185,14 +186,12 @@ pub fn member_features<'s>(
 }
 
 /// `((group, feature), moments)`: the exact count, sum and sum of squares over the members.
-pub fn group_moments<'s>(
-    member_features: MemberFeatures<'s>,
-) -> VecCollection<'s, Epoch, ((String, Feature), Moments)> {
+pub fn group_moments<'s>(member_features: MemberFeatures<'s>) -> VecCollection<'s, Epoch, ((Name, Feature), Moments)> {
     member_features.explode(|(key, (_member, value))| Some((key, Moments::of(value)))).count()
 }
 
 /// `((group, feature), median / MAD)` over the members' values.
-pub fn group_robust<'s>(member_features: MemberFeatures<'s>) -> VecCollection<'s, Epoch, ((String, Feature), Robust)> {
+pub fn group_robust<'s>(member_features: MemberFeatures<'s>) -> VecCollection<'s, Epoch, ((Name, Feature), Robust)> {
     member_features.map(|(key, (_member, value))| (key, value)).reduce(|_key, input, output| {
         let values: Vec<(i64, isize)> = input.iter().map(|(value, count)| (**value, *count)).collect();
         if let Some(robust) = robust(&values) {
@@ -283,13 +282,15 @@ mod tests {
     /// the window at `t` (the testing helper gives each flow 100 bytes out and nothing else).
     fn oracle(contacts: &[(Edge, Epoch, isize)], t: Epoch) -> Vec<((String, Feature), (String, i64))> {
         let live: Vec<&(Edge, Epoch, isize)> = contacts.iter().filter(|(_, e, _)| *e <= t && t < e + WINDOW).collect();
-        let entities: BTreeSet<(String, String)> =
-            live.iter().map(|(e, _, _)| (e.src.entity.clone(), e.src.workload.clone().unwrap_or_default())).collect();
+        let entities: BTreeSet<(String, String)> = live
+            .iter()
+            .map(|(e, _, _)| (e.src.entity.to_string(), e.src.workload.as_deref().unwrap_or_default().to_owned()))
+            .collect();
         let mut rows = Vec::new();
         for (entity, group) in entities {
             let mine: Vec<&&(Edge, Epoch, isize)> = live.iter().filter(|(e, _, _)| e.src.entity == entity).collect();
             let flows: i64 = mine.iter().map(|(_, _, n)| *n as i64).sum();
-            let destinations: BTreeSet<&str> = mine.iter().map(|(e, _, _)| e.dst.node()).collect();
+            let destinations: BTreeSet<&str> = mine.iter().map(|(e, _, _)| e.dst.node().as_str()).collect();
             let ports: BTreeSet<u16> = mine.iter().map(|(e, _, _)| e.dst_port).collect();
             for (feature, value) in [
                 (Feature::BytesOut, 100 * flows),
@@ -333,7 +334,9 @@ mod tests {
                 let mut got_values: BTreeMap<(String, Feature), Vec<(String, i64)>> = BTreeMap::new();
                 let mut got_moments = BTreeMap::new();
                 let mut got_robust = BTreeMap::new();
-                for ((key, moments, robust, value), count) in state {
+                for (((group, feature), moments, robust, value), count) in state {
+                    let key = (group.to_string(), feature);
+                    let value = value.map(|(member, value)| (member.to_string(), value));
                     prop_assert_eq!(count, 1, "every statistic is present once");
                     if let Some(m) = moments { got_moments.insert(key.clone(), m); }
                     if let Some(r) = robust { got_robust.insert(key.clone(), r); }

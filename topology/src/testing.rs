@@ -12,16 +12,12 @@ use differential_dataflow::VecCollection;
 use crate::detectors::{DetectorInputs, Indicator};
 use crate::entity::Endpoint;
 use crate::graph::{Edge, WorkloadEdge};
+use crate::schedule::ScheduledInput;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
 pub fn edge(src: &str, src_workload: Option<&str>, dst: &str, dst_workload: Option<&str>, port: u16) -> Edge {
-    Edge {
-        src: Endpoint { entity: src.to_owned(), workload: src_workload.map(str::to_owned) },
-        dst: Endpoint { entity: dst.to_owned(), workload: dst_workload.map(str::to_owned) },
-        dst_port: port,
-        protocol: 6,
-    }
+    Edge { src: Endpoint::new(src, src_workload), dst: Endpoint::new(dst, dst_workload), dst_port: port, protocol: 6 }
 }
 
 /// Detector inputs derived from `contacts` alone (no indicators, no history).
@@ -103,11 +99,12 @@ where
     timely::execute_directly(move |worker| {
         let seen = Rc::new(RefCell::new(Vec::new()));
         let sink = seen.clone();
-        let (mut input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
+        let (input, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
             let (input, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
             let (probe, _) = logic(contacts).inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
             (input, probe)
         });
+        let mut input = ScheduledInput::new(input);
         for (edge, time, flows) in updates {
             let volume = Volume { flows: flows as i64, bytes_out: 100 * flows as i64, ..Volume::default() };
             input.update_at((edge.clone(), time), time, volume);
@@ -215,7 +212,7 @@ impl Scenario {
         for edge in self.edges_at(at).keys() {
             for end in [&edge.src, &edge.dst] {
                 if let Some(group) = end.peer_group() {
-                    members.entry(end.entity.clone()).or_default().insert(group.to_owned());
+                    members.entry(end.entity.to_string()).or_default().insert(group.to_string());
                 }
             }
         }
@@ -282,10 +279,10 @@ where
                 time,
             };
             let (probe, _) = logic(inputs).inspect(move |update| sink.borrow_mut().push(update.clone())).probe();
-            (contacts_in, indicators_in, history_in, probe)
+            (ScheduledInput::new(contacts_in), indicators_in, ScheduledInput::new(history_in), probe)
         });
-        // Every update with the time it is fed at (its own time: the future retractions are fed
-        // ahead, as the pipeline does, when their record enters).
+        // Every update with the time it is fed at (its own time: the future retractions are
+        // scheduled, as the pipeline schedules them, when their record enters).
         type Fed = (Vec<(Edge, Epoch, Volume)>, Vec<(Indicator, isize)>);
         let mut by_time: BTreeMap<Epoch, Fed> = BTreeMap::new();
         for (edge, epoch, volume) in &scenario.contacts {

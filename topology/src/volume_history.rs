@@ -22,12 +22,13 @@ use timely::dataflow::operators::vec::Map;
 
 use crate::detectors::exfil::leaving;
 use crate::graph::Edge;
+use crate::name::Name;
 use crate::time::{Epoch, TimeConfig};
 use crate::volume::Volume;
 
 /// `(entity, coarse epoch)` with the bytes the entity sent to external addresses in the coarse tick
 /// ending at that epoch as its multiplicity.
-pub type VolumeHistory<'s> = VecCollection<'s, Epoch, (String, Epoch)>;
+pub type VolumeHistory<'s> = VecCollection<'s, Epoch, (Name, Epoch)>;
 
 /// When the record of the coarse tick ending at `coarse` enters the history: one window after the
 /// tick's end.
@@ -99,7 +100,7 @@ mod tests {
     }
 
     type Contact = (Edge, Epoch, Volume);
-    type Record = ((String, Epoch), Epoch, isize);
+    type Record = ((Name, Epoch), Epoch, isize);
 
     /// Runs the history over `contacts` (fed as the pipeline feeds them) and `restored` records
     /// (fed at their own times before anything else), and returns it at every time in `1..=until`.
@@ -108,14 +109,14 @@ mod tests {
         restored: Vec<Record>,
         complete_from: Epoch,
         until: Epoch,
-    ) -> BTreeMap<Epoch, BTreeMap<(String, Epoch), isize>> {
+    ) -> BTreeMap<Epoch, BTreeMap<(Name, Epoch), isize>> {
         let time = time();
         timely::execute_directly(move |worker| {
             let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
             let sink = seen.clone();
             let (mut contacts_in, mut restored_in, probe) = worker.dataflow::<Epoch, _, _>(|scope| {
                 let (contacts_in, contacts) = scope.new_collection::<(Edge, Epoch), Volume>();
-                let (restored_in, restored) = scope.new_collection::<(String, Epoch), isize>();
+                let (restored_in, restored) = scope.new_collection::<(Name, Epoch), isize>();
                 let (history, _) = volume_history(contacts, restored, &time, complete_from);
                 let (probe, _) = history.inspect(move |u| sink.borrow_mut().push(u.clone())).probe();
                 (contacts_in, restored_in, probe)
@@ -141,7 +142,7 @@ mod tests {
             contacts_in.advance_to(until + 1);
             contacts_in.flush();
             worker.step_while(|| probe.less_than(&(until + 1)));
-            let mut state: BTreeMap<(String, Epoch), isize> = BTreeMap::new();
+            let mut state: BTreeMap<(Name, Epoch), isize> = BTreeMap::new();
             let mut updates = seen.borrow().clone();
             updates.sort_by_key(|(_, t, _)| *t);
             let mut next = updates.into_iter().peekable();
@@ -163,16 +164,16 @@ mod tests {
         restored: &[Record],
         complete_from: Epoch,
         at: Epoch,
-    ) -> BTreeMap<(String, Epoch), isize> {
+    ) -> BTreeMap<(Name, Epoch), isize> {
         let time = time();
-        let mut restored_at: BTreeMap<(String, Epoch), isize> = BTreeMap::new();
+        let mut restored_at: BTreeMap<(Name, Epoch), isize> = BTreeMap::new();
         for (tick, t, bytes) in restored {
             if *t <= at {
                 *restored_at.entry(tick.clone()).or_default() += bytes;
             }
         }
         restored_at.retain(|_, b| *b != 0);
-        let mut derived: BTreeMap<(String, Epoch), isize> = BTreeMap::new();
+        let mut derived: BTreeMap<(Name, Epoch), isize> = BTreeMap::new();
         for (edge, epoch, volume) in contacts {
             let coarse = time.history_epoch_of(*epoch);
             if let Some((entity, _, bytes)) = leaving(edge, volume) {
@@ -201,7 +202,7 @@ mod tests {
             (edge("ext:203.0.113.1", None, "host:10.0.0.8", None, 21), 7, vol(1, 0, 10, 4000)),
         ];
         let history = run(contacts, Vec::new(), 0, 40);
-        let tick = |coarse: Epoch| ("host:10.0.0.8".to_owned(), coarse);
+        let tick = |coarse: Epoch| (Name::new("host:10.0.0.8"), coarse);
         // Tick (0, 5] ends at 5 and enters at 5 + 4.
         assert!(history[&8].is_empty());
         assert_eq!(history[&9], BTreeMap::from([(tick(5), 500)]));
@@ -220,12 +221,12 @@ mod tests {
         ];
         // The tick ending at 5 was persisted whole before the restart (with flows not replayed);
         // the replay reads everything after epoch 6, so the tick ending at 10 is incomplete.
-        let restored = vec![(("host:10.0.0.8".to_owned(), 5), 9, 900), (("host:10.0.0.8".to_owned(), 5), 29, -900)];
+        let restored = vec![((Name::new("host:10.0.0.8"), 5), 9, 900), ((Name::new("host:10.0.0.8"), 5), 29, -900)];
         let history = run(contacts, restored, 6, 30);
-        assert_eq!(history[&9], BTreeMap::from([(("host:10.0.0.8".to_owned(), 5), 900)]));
+        assert_eq!(history[&9], BTreeMap::from([((Name::new("host:10.0.0.8"), 5), 900)]));
         assert_eq!(
             history[&19],
-            BTreeMap::from([(("host:10.0.0.8".to_owned(), 5), 900), (("host:10.0.0.8".to_owned(), 15), 70)])
+            BTreeMap::from([((Name::new("host:10.0.0.8"), 5), 900), ((Name::new("host:10.0.0.8"), 15), 70)])
         );
     }
 
@@ -244,7 +245,7 @@ mod tests {
             for (entity, n, bytes) in ticks {
                 let coarse = n * 5;
                 if seen.insert((entity, coarse)) {
-                    let key = (entity.to_owned(), coarse);
+                    let key = (Name::new(entity), coarse);
                     records.push((key.clone(), settles_at(&time, coarse), bytes));
                     records.push((key, expires_at(&time, coarse), -bytes));
                 }

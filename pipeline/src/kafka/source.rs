@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use differential_dataflow::difference::Semigroup;
 use peergraph_schemas::adapters::Adapter;
 use peergraph_schemas::Flow;
-use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, TimeConfig, Volume};
+use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, Name, TimeConfig, Volume};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
@@ -164,12 +164,12 @@ struct DestinationCap {
     window_ms: u64,
     tick_ms: u64,
     last_sweep: Epoch,
-    seen: HashMap<String, HashMap<String, Epoch>>,
+    seen: HashMap<Name, HashMap<Name, Epoch>>,
 }
 
 impl DestinationCap {
     /// Whether `destination` may be kept as itself for `source` at `epoch`.
-    fn admit(&mut self, source: &str, destination: &str, epoch: Epoch) -> bool {
+    fn admit(&mut self, source: &Name, destination: &Name, epoch: Epoch) -> bool {
         if epoch >= self.last_sweep + self.tick_ms {
             let horizon = epoch.saturating_sub(self.window_ms);
             self.seen.retain(|_, destinations| {
@@ -180,7 +180,7 @@ impl DestinationCap {
         }
         let destinations = match self.seen.get_mut(source) {
             Some(destinations) => destinations,
-            None => self.seen.entry(source.to_owned()).or_default(),
+            None => self.seen.entry(source.clone()).or_default(),
         };
         if let Some(last) = destinations.get_mut(destination) {
             *last = (*last).max(epoch);
@@ -189,7 +189,7 @@ impl DestinationCap {
         if destinations.len() >= self.cap {
             return false;
         }
-        destinations.insert(destination.to_owned(), epoch);
+        destinations.insert(destination.clone(), epoch);
         true
     }
 }

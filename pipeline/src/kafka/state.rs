@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use peergraph_schemas::{Alert, AlertEvent};
-use peergraph_topology::{Epoch, WorkloadEdge};
+use peergraph_topology::{Epoch, Name, WorkloadEdge};
 use rdkafka::config::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Message;
@@ -39,7 +39,7 @@ pub struct HistoryEntry {
 /// `(entity, coarse)`; the value is the JSON of the whole entry.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct VolumeEntry {
-    pub entity: String,
+    pub entity: Name,
     pub coarse: Epoch,
     pub bytes: i64,
 }

@@ -177,7 +177,7 @@ pub fn finding(edge: &Edge, beacon: &Beacon, min_score: i64) -> Finding {
         ],
         entity: src,
         key,
-        peer_group: edge.src.peer_group().map(str::to_owned),
+        peer_group: edge.src.peer_group().cloned(),
         score: (beacon.score_permille / 10).clamp(0, 100) as u8,
         techniques: vec!["T1071".to_owned()],
     }

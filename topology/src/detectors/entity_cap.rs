@@ -54,7 +54,7 @@ mod tests {
         ];
         let out =
             run_collection(updates, 2000, |contacts| detect(&EntityCapConfig::default(), &detector_inputs(contacts)));
-        let found: Vec<String> = out.into_iter().map(|(f, _): (Finding, isize)| f.entity).collect();
+        let found: Vec<String> = out.into_iter().map(|(f, _): (Finding, isize)| f.entity.to_string()).collect();
         assert_eq!(found, vec!["host:10.0.0.5".to_owned()]);
     }
 }

@@ -15,6 +15,7 @@ use timely::dataflow::operators::vec::Map;
 
 use super::{alert_id, smallest, DetectorInputs, Finding};
 use crate::graph::Edge;
+use crate::name::{ByText, Name};
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -63,7 +64,7 @@ impl Default for ExfilConfig {
 }
 
 /// `(internal entity, external destination, bytes)` leaving through one edge's volume.
-pub fn leaving(edge: &Edge, volume: &Volume) -> Option<(String, String, i64)> {
+pub fn leaving(edge: &Edge, volume: &Volume) -> Option<(Name, Name, i64)> {
     match (edge.src.is_external(), edge.dst.is_external()) {
         (false, true) => Some((edge.src.entity.clone(), edge.dst.entity.clone(), volume.bytes_out)),
         (true, false) => Some((edge.dst.entity.clone(), edge.src.entity.clone(), volume.bytes_in)),
@@ -75,7 +76,7 @@ pub fn leaving(edge: &Edge, volume: &Volume) -> Option<(String, String, i64)> {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub enum Baseline {
     /// The other members of a group of `members` (including the entity) sent `others_bytes`.
-    Group { group: String, members: isize, others_bytes: isize },
+    Group { group: Name, members: isize, others_bytes: isize },
     /// No group of `min_group_size`: only the ungrouped floor applies.
     Ungrouped,
 }
@@ -133,7 +134,7 @@ pub fn detect<'s>(config: &ExfilConfig, inputs: &DetectorInputs<'s>) -> VecColle
         config.min_bytes.min(if config.ungrouped_min_bytes > 0 { config.ungrouped_min_bytes } else { u64::MAX });
 
     // (entity, destination) with the bytes that left towards it as the difference.
-    let sent: VecCollection<'s, Epoch, (String, String), isize> =
+    let sent: VecCollection<'s, Epoch, (Name, Name), isize> =
         VecCollection::new(inputs.edges.inner.clone().flat_map(|(edge, time, volume)| {
             leaving(&edge, &volume)
                 .filter(|(_, _, bytes)| *bytes != 0)
@@ -198,25 +199,25 @@ pub fn detect<'s>(config: &ExfilConfig, inputs: &DetectorInputs<'s>) -> VecColle
     let per_destination = sent.count();
     let destinations = per_destination.clone().map(|((entity, _), _)| entity).count();
     let top = smallest(
-        per_destination.map(|((entity, destination), bytes)| (entity, (Reverse(bytes), destination))),
+        per_destination.map(|((entity, destination), bytes)| (entity, (Reverse(bytes), ByText(destination)))),
         config.evidence_destinations,
     );
 
     let config = config.clone();
     reported.join(destinations).join(top).map(move |(entity, (((bytes, baseline, own), count), top))| {
-        let top = top.into_iter().map(|(Reverse(bytes), destination)| (destination, bytes)).collect();
+        let top = top.into_iter().map(|(Reverse(bytes), ByText(destination))| (destination, bytes)).collect();
         finding(&config, entity, bytes, baseline, own, count, top)
     })
 }
 
 pub fn finding(
     config: &ExfilConfig,
-    entity: String,
+    entity: Name,
     bytes: isize,
     baseline: Baseline,
     own: Option<OwnBaseline>,
     destinations: isize,
-    top: Vec<(String, isize)>,
+    top: Vec<(Name, isize)>,
 ) -> Finding {
     let key = "external".to_owned();
     let top_list = top.iter().map(|(d, b)| format!("{d}={b}")).collect::<Vec<_>>().join(",");
@@ -229,7 +230,7 @@ pub fn finding(
     let (mut summary, mut threshold, peer_group) = match &baseline {
         Baseline::Group { group, members, others_bytes } => {
             let mean = others_bytes / (members - 1).max(1);
-            evidence.push(("peer_group".to_owned(), group.clone()));
+            evidence.push(("peer_group".to_owned(), group.to_string()));
             evidence.push(("group_members".to_owned(), members.to_string()));
             evidence.push(("group_baseline_bytes".to_owned(), mean.to_string()));
             evidence.push(("min_ratio_to_group".to_owned(), config.min_ratio_to_group.to_string()));
@@ -318,7 +319,8 @@ mod tests {
         let mut sent: BTreeMap<String, BTreeMap<String, isize>> = BTreeMap::new();
         for (edge, volume) in scenario.edges_at(at) {
             if let Some((entity, destination, bytes)) = leaving(&edge, &volume) {
-                *sent.entry(entity).or_default().entry(destination).or_default() += bytes as isize;
+                *sent.entry(entity.to_string()).or_default().entry(destination.to_string()).or_default() +=
+                    bytes as isize;
             }
         }
         for destinations in sent.values_mut() {
@@ -334,7 +336,7 @@ mod tests {
                 let coarse = scenario.coarse(*epoch);
                 let alive = settles_at(&time, coarse) <= at && at < expires_at(&time, coarse);
                 if let Some((entity, _, bytes)) = leaving(edge, volume).filter(|_| alive) {
-                    *ticks.entry(entity).or_default().entry(coarse).or_default() += bytes as isize;
+                    *ticks.entry(entity.to_string()).or_default().entry(coarse).or_default() += bytes as isize;
                 }
             }
         }
@@ -359,7 +361,7 @@ mod tests {
                 if group_members.len() >= config.min_group_size {
                     let others = group_members.iter().filter(|m| *m != entity).map(|m| total(m)).sum();
                     baselines.push(Baseline::Group {
-                        group: group.clone(),
+                        group: group.into(),
                         members: group_members.len() as isize,
                         others_bytes: others,
                     });
@@ -376,12 +378,12 @@ mod tests {
                 if exceeds(config, bytes, &baseline, own.as_ref()) {
                     out.push(finding(
                         config,
-                        entity.clone(),
+                        entity.into(),
                         bytes,
                         baseline,
                         own,
                         destinations.len() as isize,
-                        top.clone(),
+                        top.iter().map(|(d, b)| (Name::new(d), *b)).collect(),
                     ));
                 }
             }

@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 use super::{alert_id, DetectorInputs, Finding, Indicator};
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -87,7 +88,7 @@ pub fn best<'a>(matches: impl IntoIterator<Item = &'a Indicator>) -> Option<(Ind
 }
 
 /// One finding's identity: `(entity, its peer group, direction, listed address)`.
-type Hit = (String, Option<String>, Direction, IpAddr);
+type Hit = (Name, Option<Name>, Direction, IpAddr);
 
 /// Contacts with listed addresses.
 pub fn detect<'s>(config: &IntelConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
@@ -111,12 +112,11 @@ pub fn detect<'s>(config: &IntelConfig, inputs: &DetectorInputs<'s>) -> VecColle
 
     // Both ends of every edge, keyed by address, seen from the other end.
     let ends = inputs.edges.clone().flat_map(move |edge| {
-        let outbound = address(&edge.dst.entity).map(|addr| {
-            (addr, (edge.src.entity.clone(), edge.src.peer_group().map(str::to_owned), Direction::Outbound))
-        });
-        let inbound = address(&edge.src.entity).filter(|_| inbound).map(|addr| {
-            (addr, (edge.dst.entity.clone(), edge.dst.peer_group().map(str::to_owned), Direction::Inbound))
-        });
+        let outbound = address(&edge.dst.entity)
+            .map(|addr| (addr, (edge.src.entity.clone(), edge.src.peer_group().cloned(), Direction::Outbound)));
+        let inbound = address(&edge.src.entity)
+            .filter(|_| inbound)
+            .map(|addr| (addr, (edge.dst.entity.clone(), edge.dst.peer_group().cloned(), Direction::Inbound)));
         outbound.into_iter().chain(inbound)
     });
 
@@ -193,13 +193,9 @@ mod tests {
             for (listed_end, entity, direction) in ends {
                 let Some(addr) = address(&listed_end.entity) else { continue };
                 if let Some((ind, n)) = best(indicators.iter().filter(|ind| ind.network.contains(&addr))) {
-                    hits.entry((
-                        (entity.entity.clone(), entity.peer_group().map(str::to_owned), direction, addr),
-                        ind,
-                        n,
-                    ))
-                    .or_default()
-                    .plus_equals(&volume);
+                    hits.entry(((entity.entity.clone(), entity.peer_group().cloned(), direction, addr), ind, n))
+                        .or_default()
+                        .plus_equals(&volume);
                 }
             }
         }

@@ -104,7 +104,7 @@ pub fn finding(edge: &Edge, answered: bool, novelty: &Novelty, learning: Duratio
             workload_edge.dst
         ),
         evidence: vec![
-            ("destination".to_owned(), edge.dst.entity.clone()),
+            ("destination".to_owned(), edge.dst.entity.to_string()),
             ("service".to_owned(), svc),
             ("workload_edge".to_owned(), format!("{} -> {}", workload_edge.src, workload_edge.dst)),
             ("answered".to_owned(), answered.to_string()),
@@ -113,7 +113,7 @@ pub fn finding(edge: &Edge, answered: bool, novelty: &Novelty, learning: Duratio
         ],
         entity: src,
         key,
-        peer_group: edge.src.peer_group().map(str::to_owned),
+        peer_group: edge.src.peer_group().cloned(),
         score: if answered { 80 } else { 50 },
         techniques: techniques(edge.dst_port),
     }
@@ -178,7 +178,7 @@ pub(crate) mod tests {
 
     fn found(scenario: &Scenario, config: LateralConfig, at: Epoch) -> Vec<(String, String)> {
         let out = run_scenario(scenario, at, move |inputs| detect(&config, &inputs));
-        as_set(&out[&at]).into_iter().map(|f| (f.entity, f.key)).collect()
+        as_set(&out[&at]).into_iter().map(|f| (f.entity.to_string(), f.key)).collect()
     }
 
     /// Window 3, coarse ticks of 4, a history that remembers 100; a baseline contact at epoch 1

@@ -18,6 +18,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::graph::{Edge, WorkloadEdge};
+use crate::name::Name;
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -43,10 +44,10 @@ pub struct Finding {
     /// Deterministic id of the alert this finding raises: see [`alert_id`].
     pub alert_id: String,
     pub detector: String,
-    pub entity: String,
+    pub entity: Name,
     /// What distinguishes findings of one detector about one entity (e.g. the destination).
     pub key: String,
-    pub peer_group: Option<String>,
+    pub peer_group: Option<Name>,
     /// Strength of the finding, 0..=100.
     pub score: u8,
     pub summary: String,
@@ -79,7 +80,7 @@ pub struct DetectorInputs<'s> {
     /// service graph's workload-level first-seen (see [`crate::graph::first_contacts`]).
     pub first_contacts: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
     /// `(entity, peer group)` for the members seen in the window.
-    pub members: VecCollection<'s, Epoch, (String, String)>,
+    pub members: VecCollection<'s, Epoch, (Name, Name)>,
     /// Threat-intel indicators currently listed.
     pub indicators: VecCollection<'s, Epoch, Indicator>,
     /// Long-horizon history: `(workload edge, coarse epoch)` present from the coarse epoch it was

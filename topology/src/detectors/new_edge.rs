@@ -101,7 +101,7 @@ pub fn finding(config: &NewEdgeConfig, edge: &WorkloadEdge, novelty: &Novelty) -
     };
     let mut evidence = vec![
         ("kind".to_owned(), kind.to_owned()),
-        ("destination".to_owned(), edge.dst.clone()),
+        ("destination".to_owned(), edge.dst.to_string()),
         ("service".to_owned(), svc),
         ("history_prior_epochs".to_owned(), novelty.prior_epochs.to_string()),
         ("rare_max_epochs".to_owned(), config.rare_max_epochs.to_string()),
@@ -147,7 +147,7 @@ mod tests {
 
     fn found(s: &Scenario, config: NewEdgeConfig, at: Epoch) -> Vec<(String, String, String)> {
         let out = run_scenario(s, at, move |inputs| detect(&config, &inputs));
-        as_set(&out[&at]).into_iter().map(|f| (f.entity, f.key, f.evidence[0].1.clone())).collect()
+        as_set(&out[&at]).into_iter().map(|f| (f.entity.to_string(), f.key, f.evidence[0].1.clone())).collect()
     }
 
     fn oracle(s: &Scenario, config: &NewEdgeConfig, at: Epoch) -> Vec<Finding> {

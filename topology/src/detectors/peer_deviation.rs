@@ -7,6 +7,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::{alert_id, DetectorInputs, Finding};
+use crate::name::Name;
 use crate::stats::{entity_features, group_moments, group_robust, member_features, Feature, Moments, Robust};
 use crate::time::Epoch;
 
@@ -109,7 +110,7 @@ pub fn detect<'s>(config: &PeerDeviationConfig, inputs: &DetectorInputs<'s>) -> 
     })
 }
 
-fn finding(member: String, group: String, feature: Feature, d: Deviation) -> Finding {
+fn finding(member: Name, group: Name, feature: Feature, d: Deviation) -> Finding {
     // z of 4 → 70, 7 and more → 100.
     let score = (30.0 + 10.0 * d.z.min(7.0)).clamp(0.0, 100.0) as u8;
     let name = feature.name();
@@ -162,7 +163,8 @@ mod tests {
         // ...and one member with 50 times the volume.
         updates.push((replica(3, "host:10.0.0.9"), 1000, 490));
         let out = run_collection(updates, 2000, move |contacts| detect(&config, &detector_inputs(contacts)));
-        let found: Vec<(String, String)> = out.into_iter().map(|(f, _): (Finding, isize)| (f.entity, f.key)).collect();
+        let found: Vec<(String, String)> =
+            out.into_iter().map(|(f, _): (Finding, isize)| (f.entity.to_string(), f.key)).collect();
         assert!(found.contains(&("pod:shop/api-3".to_owned(), "bytes_out".to_owned())), "{found:?}");
         assert!(found.iter().all(|(entity, _)| entity == "pod:shop/api-3"), "{found:?}");
     }

@@ -6,6 +6,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::{alert_id, DetectorInputs, Finding};
+use crate::name::Name;
 use crate::time::Epoch;
 
 pub const DETECTOR: &str = "peer_unique_destination";
@@ -37,7 +38,7 @@ pub fn peer_unique_destinations<'s>(
     let (edges, members) = (inputs.edges.clone(), inputs.members.clone());
 
     // (entity, destination) pairs present in the window.
-    let contacts = edges.map(|edge| (edge.src.entity.clone(), edge.dst.node().to_owned())).distinct();
+    let contacts = edges.map(|edge| (edge.src.entity.clone(), edge.dst.node().clone())).distinct();
 
     // ((group, destination), member) for every member of a group that touches the destination.
     let group_contacts =
@@ -62,7 +63,7 @@ pub fn peer_unique_destinations<'s>(
         .map(|(group, ((member, destination), size))| finding(member, destination, group, size))
 }
 
-fn finding(member: String, destination: String, group: String, size: isize) -> Finding {
+fn finding(member: Name, destination: Name, group: Name, size: isize) -> Finding {
     // Larger groups make a lone destination more telling: 3 members → 60, 5 → 80, ≥ 6 → 90.
     let score = (50 + 10 * (size.min(6) - 2)).clamp(0, 100) as u8;
     Finding {
@@ -73,12 +74,12 @@ fn finding(member: String, destination: String, group: String, size: isize) -> F
             size - 1
         ),
         evidence: vec![
-            ("destination".to_owned(), destination.clone()),
+            ("destination".to_owned(), destination.to_string()),
             ("group_size".to_owned(), size.to_string()),
             ("peers_touching_destination".to_owned(), "0".to_owned()),
         ],
         entity: member,
-        key: destination,
+        key: destination.into(),
         peer_group: Some(group),
         score,
         techniques: vec!["T1071".to_owned(), "T1195.002".to_owned()],
@@ -97,7 +98,7 @@ mod tests {
         let out = run_collection(updates, until, move |contacts| {
             peer_unique_destinations(&config, &crate::testing::detector_inputs(contacts))
         });
-        let mut found: Vec<_> = out.into_iter().map(|(f, _)| (f.entity, f.key)).collect();
+        let mut found: Vec<_> = out.into_iter().map(|(f, _)| (f.entity.to_string(), f.key)).collect();
         found.sort();
         found
     }
@@ -130,7 +131,7 @@ mod tests {
     /// different internal hosts (webhooks), resolved as the pipeline resolves them.
     fn saas_traffic(resolver: &EntityResolver) -> Vec<(Edge, Epoch, isize)> {
         let call = |i: usize, addr: &str, port: u16| {
-            let src = Endpoint { entity: format!("pod:shop/web-{i}"), workload: Some("web".to_owned()) };
+            let src = Endpoint::new(&format!("pod:shop/web-{i}"), Some("web"));
             Edge { src, dst: resolver.resolve(addr, None), dst_port: port, protocol: 6 }
         };
         let webhook = |from: &str, to: &str| Edge {

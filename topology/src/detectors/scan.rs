@@ -6,6 +6,7 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::{alert_id, service, smallest, DetectorInputs, Finding};
+use crate::name::{ByText, Name};
 use crate::time::Epoch;
 use crate::volume::Volume;
 
@@ -45,7 +46,7 @@ impl Default for ScanConfig {
 }
 
 /// `(source, destination, port, protocol)`: one probe target, at entity level.
-type Target = (String, String, u16, u8);
+type Target = (Name, Name, u16, u8);
 
 /// Whether a target's windowed volume looks like a probe rather than a conversation.
 pub fn unanswered(volume: &Volume, tiny_flow_bytes: u64) -> bool {
@@ -83,7 +84,7 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
         smallest(targets.clone().map(|((src, dst, port, proto), _)| ((src, dst), (port, proto))), sample);
     let vertical = vertical.join(vertical_sample).map(move |((src, dst), ((total, unanswered), ports))| {
         let ports = ports.iter().map(|(port, proto)| service(*port, *proto)).collect();
-        finding(Kind::Vertical, src, dst, total, unanswered, ports, min_ports, min_percent)
+        finding(Kind::Vertical, src, dst.to_string(), total, unanswered, ports, min_ports, min_percent)
     });
 
     // Horizontal: per (source, service), (destinations, unanswered destinations).
@@ -92,9 +93,12 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
         .explode(|((src, _, port, proto), unanswered)| Some(((src, port, proto), (1isize, unanswered as isize))))
         .count()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_hosts, min_percent));
-    let horizontal_sample = smallest(targets.map(|((src, dst, port, proto), _)| ((src, port, proto), dst)), sample);
+    // The sample a person reads: the destinations first in name order.
+    let horizontal_sample =
+        smallest(targets.map(|((src, dst, port, proto), _)| ((src, port, proto), ByText(dst))), sample);
     let horizontal =
         horizontal.join(horizontal_sample).map(move |((src, port, proto), ((total, unanswered), hosts))| {
+            let hosts = hosts.into_iter().map(|ByText(host)| host.to_string()).collect();
             finding(Kind::Horizontal, src, service(port, proto), total, unanswered, hosts, min_hosts, min_percent)
         });
 
@@ -114,7 +118,7 @@ pub enum Kind {
 #[allow(clippy::too_many_arguments)]
 pub fn finding(
     kind: Kind,
-    src: String,
+    src: Name,
     target: String,
     total: isize,
     unanswered: isize,
@@ -189,16 +193,16 @@ mod tests {
 
     fn found(scenario: &Scenario, config: ScanConfig, at: Epoch) -> Vec<(String, String)> {
         let out = run_scenario(scenario, at, move |inputs| detect(&config, &inputs));
-        as_set(&out[&at]).into_iter().map(|f| (f.entity, f.key)).collect()
+        as_set(&out[&at]).into_iter().map(|f| (f.entity.to_string(), f.key)).collect()
     }
 
     /// The plain version: recount the window at `at` from scratch.
     fn oracle(scenario: &Scenario, config: &ScanConfig, at: Epoch) -> Vec<Finding> {
-        let mut targets: BTreeMap<Target, Volume> = BTreeMap::new();
+        let mut targets: BTreeMap<(String, String, u16, u8), Volume> = BTreeMap::new();
         for (edge, volume) in scenario.edges_at(at) {
             use differential_dataflow::difference::Semigroup;
             targets
-                .entry((edge.src.entity, edge.dst.entity, edge.dst_port, edge.protocol))
+                .entry((edge.src.entity.to_string(), edge.dst.entity.to_string(), edge.dst_port, edge.protocol))
                 .or_default()
                 .plus_equals(&volume);
         }
@@ -220,7 +224,7 @@ mod tests {
                     services.iter().take(config.evidence_sample).map(|((p, pr), _)| service(*p, *pr)).collect();
                 out.push(finding(
                     Kind::Vertical,
-                    src,
+                    src.into(),
                     dst,
                     total,
                     unanswered,
@@ -238,7 +242,7 @@ mod tests {
                 let sample = hosts.iter().take(config.evidence_sample).map(|(h, _)| h.clone()).collect();
                 out.push(finding(
                     Kind::Horizontal,
-                    src,
+                    src.into(),
                     service(port, proto),
                     total,
                     unanswered,
