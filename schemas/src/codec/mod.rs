@@ -13,6 +13,8 @@ mod record;
 mod registry;
 
 #[cfg(test)]
+mod compiled_tests;
+#[cfg(test)]
 mod fixtures;
 
 use std::fmt;
