@@ -24,22 +24,40 @@ use super::{
 /// first [`Decoder`] constructed sets it, unless Avro was decoded before.
 pub const MAX_AVRO_ALLOCATION_BYTES: usize = 16 * 1024 * 1024;
 
+/// Reads datums of one writer schema straight into `T`, from a plan compiled once for that schema (see
+/// [`Record::compile_reader`]). Must agree with apache-avro value for value and error kind for error kind.
+pub trait CompiledReader<T>: Send + Sync + 'static {
+    /// Reads one datum from the front of `datum`, advancing it past what was read.
+    fn read(&self, datum: &mut &[u8]) -> Result<T, apache_avro::Error>;
+}
+
 /// Decodes records of type `T` from JSON, Avro single-object and Confluent-framed messages, detecting
 /// the framing per message. Build one per record type and share it (`&Decoder` is enough; it is `Sync`).
 pub struct Decoder<T: Record> {
-    /// Reads datums written with `T::schema()` straight into `T` through serde: the fast path.
+    /// Reads datums written with `T::schema()` straight into `T` through serde: apache-avro's fast path.
     own: GenericDatumReader<'static>,
     /// `T::schema()`'s named types, for resolving values written with other schemas.
     own_names: ResolvedSchema<'static>,
+    /// The plan for datums written with `T::schema()`.
+    own_plan: WriterPlan<T>,
+    /// Whether compiled readers are used where there is one (otherwise apache-avro reads everything).
+    compiled: bool,
     lookup: Arc<dyn SchemaLookup>,
-    by_fingerprint: HashMap<u64, Arc<WriterPlan>>,
-    by_id: RwLock<HashMap<u32, Arc<WriterPlan>>>,
+    by_fingerprint: HashMap<u64, Arc<WriterPlan<T>>>,
+    by_id: RwLock<HashMap<u32, Arc<WriterPlan<T>>>>,
     _record: PhantomData<fn() -> T>,
 }
 
 /// How to read datums written with one writer schema, decided when the schema is first seen.
-enum WriterPlan {
-    /// The writer schema is `T::schema()` (same canonical form): use the fast path.
+struct WriterPlan<T> {
+    /// `T`'s own reader compiled for this writer schema, when it has one that can read it.
+    compiled: Option<Box<dyn CompiledReader<T>>>,
+    /// How apache-avro reads it: the fallback, and the reader of record.
+    avro: AvroPlan,
+}
+
+enum AvroPlan {
+    /// The writer schema is `T::schema()` (same canonical form): use the serde path.
     Own,
     /// Decode with the writer schema, then resolve into `T::schema()`.
     Resolve {
@@ -71,11 +89,26 @@ impl<T: Record> Decoder<T> {
         Self {
             own,
             own_names,
+            own_plan: WriterPlan { compiled: T::compile_reader(T::schema()), avro: AvroPlan::Own },
+            compiled: true,
             lookup,
             by_fingerprint: HashMap::new(),
             by_id: RwLock::new(HashMap::new()),
             _record: PhantomData,
         }
+    }
+
+    /// Whether to read with `T`'s compiled reader where it has one (the default), or with apache-avro only:
+    /// for benchmarks and for checking the two agree.
+    pub fn with_compiled_readers(mut self, enabled: bool) -> Self {
+        self.compiled = enabled;
+        self
+    }
+
+    /// Whether this decoder uses compiled readers for the writer schemas it knows (a given
+    /// Confluent schema id still falls back to apache-avro when its plan cannot be compiled).
+    pub fn uses_compiled_reader(&self) -> bool {
+        self.compiled && self.own_plan.compiled.is_some()
     }
 
     /// Also reads single-object messages written with `schema` (an older or newer version of
@@ -84,7 +117,7 @@ impl<T: Record> Decoder<T> {
         let schema = schema.into();
         let fingerprint = rabin_fingerprint(&schema);
         let plan = Self::plan(&schema, fingerprint, || format!("fingerprint {fingerprint:#018x}"));
-        if let WriterPlan::Incompatible { writer, reason } = plan {
+        if let AvroPlan::Incompatible { writer, reason } = plan.avro {
             return Err(DecodeError::IncompatibleSchema { writer, reader: T::NAME, reason });
         }
         self.by_fingerprint.insert(fingerprint, Arc::new(plan));
@@ -102,7 +135,7 @@ impl<T: Record> Decoder<T> {
                 let [_, _, fingerprint @ ..] = *header;
                 let fingerprint = u64::from_le_bytes(fingerprint);
                 if fingerprint == T::fingerprint() {
-                    return self.read(&WriterPlan::Own, datum);
+                    return self.read(&self.own_plan, datum);
                 }
                 match self.by_fingerprint.get(&fingerprint) {
                     Some(plan) => self.read(plan, datum),
@@ -123,7 +156,7 @@ impl<T: Record> Decoder<T> {
     }
 
     /// The cached plan for a Confluent schema id, looking the schema up on first sight.
-    fn plan_for_id(&self, id: u32) -> Result<Arc<WriterPlan>, DecodeError> {
+    fn plan_for_id(&self, id: u32) -> Result<Arc<WriterPlan<T>>, DecodeError> {
         // The maps are only ever inserted into whole, so a panic elsewhere cannot leave them inconsistent.
         if let Some(plan) = self.by_id.read().unwrap_or_else(PoisonError::into_inner).get(&id) {
             return Ok(Arc::clone(plan));
@@ -135,16 +168,20 @@ impl<T: Record> Decoder<T> {
         Ok(Arc::clone(by_id.entry(id).or_insert(plan)))
     }
 
-    fn plan(writer: &Schema, fingerprint: u64, describe: impl FnOnce() -> String) -> WriterPlan {
+    /// Resolves `writer` against `T::schema()` once: the compiled reader when `T` has one for it, and
+    /// apache-avro's way of reading it.
+    fn plan(writer: &Schema, fingerprint: u64, describe: impl FnOnce() -> String) -> WriterPlan<T> {
         if fingerprint == T::fingerprint() {
-            return WriterPlan::Own;
+            return WriterPlan { compiled: T::compile_reader(writer), avro: AvroPlan::Own };
         }
         let describe = || match writer.name() {
             Some(name) => format!("{} ({})", describe(), name.fullname(None)),
             None => describe(),
         };
+        let incompatible =
+            |reason: String| WriterPlan { compiled: None, avro: AvroPlan::Incompatible { writer: describe(), reason } };
         if let Err(error) = SchemaCompatibility::can_read(writer, T::schema()) {
-            return WriterPlan::Incompatible { writer: describe(), reason: error.to_string() };
+            return incompatible(error.to_string());
         }
         let datum = GenericSingleObjectReader::builder()
             .schema(writer.clone())
@@ -152,21 +189,25 @@ impl<T: Record> Decoder<T> {
             .human_readable(false)
             .build();
         match datum {
-            Ok(datum) => WriterPlan::Resolve { datum },
-            Err(error) => WriterPlan::Incompatible { writer: describe(), reason: error.to_string() },
+            Ok(datum) => WriterPlan { compiled: T::compile_reader(writer), avro: AvroPlan::Resolve { datum } },
+            Err(error) => incompatible(error.to_string()),
         }
     }
 
-    fn read(&self, plan: &WriterPlan, datum: &[u8]) -> Result<T, DecodeError> {
+    fn read(&self, plan: &WriterPlan<T>, datum: &[u8]) -> Result<T, DecodeError> {
         let mut rest = datum;
-        let record = match plan {
-            WriterPlan::Own => Self::guarded(|| self.own.read_deser::<T>(&mut rest)),
-            WriterPlan::Resolve { datum } => Self::guarded(|| {
+        let record = match (&plan.compiled, &plan.avro) {
+            // The compiled reader is total (bounds-checked, no indexing), so it needs no panic guard.
+            (Some(compiled), _) if self.compiled => {
+                compiled.read(&mut rest).map_err(|error| DecodeError::from_avro(T::NAME, error))
+            }
+            (_, AvroPlan::Own) => Self::guarded(|| self.own.read_deser::<T>(&mut rest)),
+            (_, AvroPlan::Resolve { datum }) => Self::guarded(|| {
                 let written = datum.read_value(&mut rest)?;
                 let resolved = written.resolve_with_names(T::schema(), self.own_names.get_names())?;
                 apache_avro::from_value::<T>(&resolved)
             }),
-            WriterPlan::Incompatible { writer, reason } => {
+            (_, AvroPlan::Incompatible { writer, reason }) => {
                 return Err(DecodeError::IncompatibleSchema {
                     writer: writer.clone(),
                     reader: T::NAME,
@@ -219,6 +260,7 @@ impl<T: Record> fmt::Debug for Decoder<T> {
             .field("record", &T::NAME)
             .field("writer_fingerprints", &fingerprints)
             .field("cached_schema_ids", &ids)
+            .field("compiled_readers", &self.compiled)
             .finish_non_exhaustive()
     }
 }

@@ -3,13 +3,17 @@
 //! single-object encoding, and the Confluent schema-registry wire format, whose schema ids come from a
 //! [`SchemaRegistry`] (or [`StaticSchemas`]).
 
+mod binary;
 mod decoder;
 mod encoder;
 mod error;
+mod flow_reader;
 mod lookup;
 mod record;
 mod registry;
 
+#[cfg(test)]
+mod compiled_tests;
 #[cfg(test)]
 mod fixtures;
 
@@ -20,7 +24,7 @@ use apache_avro::rabin::Rabin;
 use apache_avro::Schema;
 use serde::{Deserialize, Serialize};
 
-pub use decoder::{Decoder, MAX_AVRO_ALLOCATION_BYTES};
+pub use decoder::{CompiledReader, Decoder, MAX_AVRO_ALLOCATION_BYTES};
 pub use encoder::Encoder;
 pub use error::{DecodeError, EncodeError, ParseWireFormatError};
 pub use lookup::{SchemaLookup, StaticSchemas};

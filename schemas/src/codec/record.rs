@@ -7,7 +7,7 @@ use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::rabin_fingerprint;
+use super::{rabin_fingerprint, CompiledReader};
 use crate::{Alert, Asset, Flow, GraphEdge, Indicator};
 
 /// A record type with an Avro schema: what [`Encoder`](super::Encoder) and [`Decoder`](super::Decoder)
@@ -21,6 +21,12 @@ pub trait Record: Serialize + DeserializeOwned + Send + Sync + 'static {
     fn schema() -> &'static Schema;
     /// The CRC-64-AVRO (Rabin) fingerprint of the schema's parsing canonical form.
     fn fingerprint() -> u64;
+    /// A reader that decodes datums written with `writer` straight from the bytes, compiled once for that
+    /// schema, or `None` (the default) when the type has none or it cannot read `writer`: the decoder
+    /// then reads with apache-avro. `writer` has passed the schema compatibility check.
+    fn compile_reader(_writer: &Schema) -> Option<Box<dyn CompiledReader<Self>>> {
+        None
+    }
 }
 
 /// Parses a schema compiled into the binary; the tests parse every one, so failure is a build defect.
@@ -32,7 +38,7 @@ fn parse_embedded(json: &str, file: &str) -> Schema {
 }
 
 macro_rules! record {
-    ($type:ty, $name:literal, $file:literal) => {
+    ($type:ty, $name:literal, $file:literal $(, compile = $compile:expr)?) => {
         impl Record for $type {
             const NAME: &'static str = $name;
             const SCHEMA_JSON: &'static str = include_str!(concat!("../../avro/", $file));
@@ -46,11 +52,17 @@ macro_rules! record {
                 static FINGERPRINT: LazyLock<u64> = LazyLock::new(|| rabin_fingerprint(<$type>::schema()));
                 *FINGERPRINT
             }
+
+            $(
+                fn compile_reader(writer: &Schema) -> Option<Box<dyn CompiledReader<Self>>> {
+                    $compile(writer).map(|reader| Box::new(reader) as Box<dyn CompiledReader<Self>>)
+                }
+            )?
         }
     };
 }
 
-record!(Flow, "io.peergraph.Flow", "flow.avsc");
+record!(Flow, "io.peergraph.Flow", "flow.avsc", compile = super::flow_reader::FlowPlan::compile);
 record!(Alert, "io.peergraph.Alert", "alert.avsc");
 record!(GraphEdge, "io.peergraph.GraphEdge", "graph_edge.avsc");
 record!(Asset, "io.peergraph.Asset", "asset.avsc");
