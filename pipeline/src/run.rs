@@ -44,6 +44,12 @@ pub struct RunReport {
     pub edge_updates: u64,
     /// Greatest epoch the output frontier passed.
     pub output_frontier: Epoch,
+    /// Earliest epoch of an accepted flow (or, after a restart, of the checkpoints); `None` when
+    /// no flow was accepted. With `output_frontier`, the span of event time the run went through.
+    pub first_epoch: Option<Epoch>,
+    /// How many times the output frontier moved (on the worker whose frontier moved most): a run
+    /// that streams moves it once per few ticks, a batch of old times only once or twice.
+    pub frontier_moves: u64,
     /// After a restart: the epoch from which output was produced again (earlier epochs were
     /// replayed silently); 0 on a first start.
     pub resumed_at: Epoch,
@@ -193,6 +199,11 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         total.messages += report.messages;
         total.edge_updates += report.edge_updates;
         total.output_frontier = total.output_frontier.max(report.output_frontier);
+        total.first_epoch = match (total.first_epoch, report.first_epoch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        total.frontier_moves = total.frontier_moves.max(report.frontier_moves);
         total.resumed_at = total.resumed_at.max(report.resumed_at);
     }
     Ok(total)
@@ -456,6 +467,7 @@ fn run_worker(
             if let Some(f) = frontier {
                 metrics.output_frontier_ms.set(f as i64);
                 report.output_frontier = f;
+                report.frontier_moves += 1;
             }
             if replaying && frontier.is_none_or(|f| f >= resume.resume_at) {
                 replaying = false;
@@ -513,6 +525,7 @@ fn run_worker(
     stopping.set(true);
     drop(graph_shard);
     worker.drop_dataflow(dataflow_index);
+    report.first_epoch = source.observed_since();
     tracing::info!(worker = index, messages = report.messages, edge_updates = report.edge_updates, "worker stopped");
     Ok(report)
 }
