@@ -204,6 +204,12 @@ pub struct RunConfig {
     /// Stop once every partition has been read up to its end as of the start (batch mode, for
     /// benchmarks and replays), instead of running until interrupted.
     pub stop_at_end: bool,
+    /// Stop reading flows while the output frontier is more than this far (event time) behind
+    /// the input frontier, so that a backlog (a restart's replay, a benchmark) is handed to the
+    /// dataflow a few epochs at a time, as a live stream is, instead of all its epochs at once;
+    /// 0: no bound (read as fast as Kafka delivers).
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
     /// Format the alerts and service-graph edges are written in; `avro-confluent` needs
     /// `[schema_registry]`.
     pub alert_format: WireFormat,
@@ -218,6 +224,7 @@ impl Default for RunConfig {
             hostfile: None,
             idle_timeout: Duration::from_secs(10),
             stop_at_end: false,
+            max_lag: Duration::ZERO,
             alert_format: WireFormat::Json,
         }
     }

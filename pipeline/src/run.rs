@@ -419,7 +419,11 @@ fn run_worker(
         }
 
         let floor = feeds.time();
-        let mut read = source.poll(&mut batch, floor)?;
+        // With `run.max_lag`: while the output is too far behind, let the dataflow catch up
+        // before reading more (the inputs have advanced, so it can without new records).
+        let max_lag = config.run.max_lag.as_millis() as u64;
+        let lagging = max_lag > 0 && probe.less_than(&floor.saturating_sub(max_lag));
+        let mut read = if lagging { 0 } else { source.poll(&mut batch, floor)? };
         if let Some(reader) = asset_reader.as_mut() {
             read += reader.poll(|asset, diff| feeds.assets.update(asset, diff));
         }
