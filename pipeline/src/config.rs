@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use peergraph_connectors::ConnectConfig;
 use peergraph_schemas::adapters::{Adapter, InputFormat};
@@ -140,6 +140,13 @@ pub struct InputConfig {
     /// else late.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// A flow ending before this instant (RFC 3339, UTC) is refused ("ancient_timestamp"): a
+    /// sensor whose clock never synced (1970), a time in seconds taken for milliseconds, or a
+    /// negative time would otherwise fall into one epoch far behind every other flow (times
+    /// before 1970 cannot be epochs at all). An absolute bound, not an age, so that archived
+    /// traffic can still be replayed; raise it to refuse anything older than you keep.
+    #[serde(with = "humantime_serde")]
+    pub earliest_end: SystemTime,
     /// A flow claiming more bytes than this in one direction is refused ("absurd_volume").
     pub max_flow_bytes: i64,
     /// Most distinct destinations one source entity may have in the window, per worker; further
@@ -159,10 +166,17 @@ impl Default for InputConfig {
             late: LatePolicy::Drop,
             max_batch: 20_000,
             max_future: Duration::from_secs(3600),
+            earliest_end: earliest_end_default(),
             max_flow_bytes: 1 << 40,
             max_destinations_per_source: 10_000,
         }
     }
+}
+
+/// The default of `input.earliest_end`, 2000-01-01T00:00:00Z: older than any flow record a live
+/// network exports, younger than the clock of a sensor that never synced.
+pub fn earliest_end_default() -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_secs(946_684_800)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -190,6 +204,12 @@ pub struct RunConfig {
     /// Stop once every partition has been read up to its end as of the start (batch mode, for
     /// benchmarks and replays), instead of running until interrupted.
     pub stop_at_end: bool,
+    /// Stop reading flows while the output frontier is more than this far (event time) behind
+    /// the input frontier, so that a backlog (a restart's replay, a benchmark) is handed to the
+    /// dataflow a few epochs at a time, as a live stream is, instead of all its epochs at once;
+    /// 0: no bound (read as fast as Kafka delivers).
+    #[serde(with = "humantime_serde")]
+    pub max_lag: Duration,
     /// Format the alerts and service-graph edges are written in; `avro-confluent` needs
     /// `[schema_registry]`.
     pub alert_format: WireFormat,
@@ -204,6 +224,7 @@ impl Default for RunConfig {
             hostfile: None,
             idle_timeout: Duration::from_secs(10),
             stop_at_end: false,
+            max_lag: Duration::ZERO,
             alert_format: WireFormat::Json,
         }
     }

@@ -47,6 +47,9 @@ pub struct Metrics {
     /// Messages refused before the dataflow, by reason (decode error kind, invalid flow kind,
     /// "oversized", "late").
     pub flows_rejected: Family<ReasonLabel, Counter>,
+    /// Messages refused, whatever the reason (the sum of `flows_rejected`, for self-checks such
+    /// as `bench`'s; not exported, Prometheus sums the family itself).
+    pub rejected_total: Counter,
     /// Rejected messages written to the dead-letter topic.
     pub dead_lettered: Counter,
     /// Edge updates handed to the dataflow after per-batch pre-aggregation (one per distinct
@@ -97,6 +100,7 @@ impl Metrics {
 
     pub fn reject(&self, reason: &str) {
         self.flows_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
+        self.rejected_total.inc();
     }
 
     pub fn rejected(&self, reason: &str) -> u64 {

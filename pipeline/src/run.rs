@@ -45,6 +45,12 @@ pub struct RunReport {
     pub edge_updates: u64,
     /// Greatest epoch the output frontier passed.
     pub output_frontier: Epoch,
+    /// Earliest epoch of an accepted flow (or, after a restart, of the checkpoints); `None` when
+    /// no flow was accepted. With `output_frontier`, the span of event time the run went through.
+    pub first_epoch: Option<Epoch>,
+    /// How many times the output frontier moved (on the worker whose frontier moved most): a run
+    /// that streams moves it once per few ticks, a batch of old times only once or twice.
+    pub frontier_moves: u64,
     /// After a restart: the epoch from which output was produced again (earlier epochs were
     /// replayed silently); 0 on a first start.
     pub resumed_at: Epoch,
@@ -201,6 +207,11 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         total.messages += report.messages;
         total.edge_updates += report.edge_updates;
         total.output_frontier = total.output_frontier.max(report.output_frontier);
+        total.first_epoch = match (total.first_epoch, report.first_epoch) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        total.frontier_moves = total.frontier_moves.max(report.frontier_moves);
         total.resumed_at = total.resumed_at.max(report.resumed_at);
     }
     Ok(total)
@@ -418,7 +429,11 @@ fn run_worker(
         }
 
         let floor = feeds.time();
-        let mut read = source.poll(&mut batch, floor)?;
+        // With `run.max_lag`: while the output is too far behind, let the dataflow catch up
+        // before reading more (the inputs have advanced, so it can without new records).
+        let max_lag = config.run.max_lag.as_millis() as u64;
+        let lagging = max_lag > 0 && probe.less_than(&floor.saturating_sub(max_lag));
+        let mut read = if lagging { 0 } else { source.poll(&mut batch, floor)? };
         if let Some(reader) = asset_reader.as_mut() {
             read += reader.poll(|asset, diff| feeds.assets.update(asset, diff));
         }
@@ -469,6 +484,7 @@ fn run_worker(
             if let Some(f) = frontier {
                 metrics.output_frontier_ms.set(f as i64);
                 report.output_frontier = f;
+                report.frontier_moves += 1;
             }
             if replaying && frontier.is_none_or(|f| f >= resume.resume_at) {
                 replaying = false;
@@ -527,6 +543,7 @@ fn run_worker(
     drop(graph_shard);
     worker.drop_dataflow(dataflow_index);
     metrics.scheduled_updates.dec_by(scheduled);
+    report.first_epoch = source.observed_since();
     tracing::info!(worker = index, messages = report.messages, edge_updates = report.edge_updates, "worker stopped");
     Ok(report)
 }

@@ -1,5 +1,6 @@
-//! Bad input on a real broker: undecodable messages, invalid flows, unknown schema ids and
-//! oversized messages are counted by reason, dead-lettered with the reason and their origin, and
+//! Bad input on a real broker: undecodable messages, invalid flows, unknown schema ids,
+//! oversized messages and impossible event times (before 1970, in seconds, in the future) are
+//! counted by reason, dead-lettered with the reason and their origin, and
 //! the pipeline keeps going; a dead letter the broker refuses stops the run before its message's
 //! offset is committed; a broker that is not there is a clear error, not a panic.
 
@@ -55,6 +56,12 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
     future.end_ms = peergraph::simulate::now_ms() + 2 * 3600 * 1000;
     let mut absurd = flow(6);
     absurd.bytes_out = 1 << 50;
+    // Before 1970: used to be clamped into epoch 0 silently.
+    let mut before_1970 = flow(7);
+    (before_1970.start_ms, before_1970.end_ms) = (-3_600_000, -3_599_000);
+    // A sensor exporting seconds where milliseconds are due: January 1970.
+    let mut in_seconds = flow(8);
+    (in_seconds.start_ms, in_seconds.end_ms) = (in_seconds.start_ms / 1000, in_seconds.end_ms / 1000);
     let messages: Vec<(Vec<u8>, &str)> = vec![
         (avro.encode_to_vec(&flow(0)).unwrap(), "ok"),
         (b"\x07 not a flow".to_vec(), "unknown_framing"),
@@ -65,6 +72,8 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
         (vec![b' '; 5_000], "oversized"),
         (avro.encode_to_vec(&future).unwrap(), "future_timestamp"),
         (json.encode_to_vec(&absurd).unwrap(), "absurd_volume"),
+        (avro.encode_to_vec(&before_1970).unwrap(), "ancient_timestamp"),
+        (json.encode_to_vec(&in_seconds).unwrap(), "ancient_timestamp"),
         (avro.encode_to_vec(&flow(4)).unwrap(), "ok"),
     ];
     let producer: BaseProducer = peergraph::kafka::client_config(&config.kafka).create().unwrap();
@@ -78,10 +87,12 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
         peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), metrics.clone()).expect("run keeps going");
     assert_eq!(report.messages, messages.len() as u64);
     assert_eq!(metrics.flows_accepted.get(), 3);
+    let refused = messages.iter().filter(|(_, r)| *r != "ok").count();
     for (_, reason) in messages.iter().filter(|(_, r)| *r != "ok") {
-        assert_eq!(metrics.rejected(reason), 1, "rejected for {reason}");
+        let expected = messages.iter().filter(|(_, r)| r == reason).count() as u64;
+        assert_eq!(metrics.rejected(reason), expected, "rejected for {reason}");
     }
-    assert_eq!(metrics.dead_lettered.get(), 7);
+    assert_eq!(metrics.dead_lettered.get(), refused as u64);
 
     // The dead-letter topic holds the refused messages, unchanged, with reason and origin.
     let consumer: BaseConsumer = peergraph::kafka::client_config(&config.kafka)
@@ -92,7 +103,7 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
     consumer.subscribe(&[config.topics.dead_letter.as_str()]).unwrap();
     let mut dead = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
-    while dead.len() < 7 && std::time::Instant::now() < deadline {
+    while dead.len() < refused && std::time::Instant::now() < deadline {
         if let Some(Ok(message)) = consumer.poll(Duration::from_millis(200)) {
             let headers = message.headers().expect("dead letters carry headers");
             let header = |key: &str| {

@@ -1,14 +1,26 @@
 //! The dataflow alone, without Kafka: throughput per worker, the cost of one tick at 1 % key churn
-//! against recomputing the same window from scratch, and memory per live edge.
+//! against recomputing the same window from scratch, the latency from a tick's end to its alerts,
+//! and memory per live edge.
 //!
+//!     cargo run --release -p peergraph-topology --example dataflow_bench -- [OPTIONS]
 //!     cargo run --release -p peergraph-topology --example dataflow_bench -- [workers] [edges] [ticks] [retention]
+//!
+//! Options (the second form is the older positional one, still accepted):
+//!
+//! - `--workers W` (1), `--ticks T` (180) of load, `--retention R` (none, in ticks; see below);
+//! - the size, one of: `--edges N` (100,000): N distinct entity edges, pods of 200 ten-replica
+//!   workloads calling 50 backends on 7 ports, the shape of the earlier figures; or
+//!   `--workloads W [--replicas R (3)] [--namespaces N (100)]`: a fleet where each pod calls every
+//!   replica of the next workload in its namespace and both CoreDNS pods, W·R·(R + 2) entity
+//!   edges (10,000 × 3: 150,000);
+//! - `--active P` (25): percent of the edges with flows in each loading tick;
+//! - `--quiet-ticks Q` (30): ticks timed one by one at ~1 % key churn after one settling window.
 //!
 //! With `retention` (in ticks), each worker keeps a handle on the arranged service graph holding its
 //! compaction back that far, as the query API does, and the report adds what that history holds.
 //!
-//! Synthetic traffic: `edges` distinct entity edges (pods of 100-replica-ish workloads talking to
-//! shared backends), each active in a tick with probability 1/4; a 60-tick window; every detector
-//! of the default configuration enabled.
+//! Synthetic traffic: each edge active in a loading tick with probability P %, 1..8 flows when
+//! active; a 60-tick window; every detector of the default configuration enabled.
 //!
 //! With `PEERGRAPH_BENCH_ASSETS=P` set, the inventory lists P % of the backends (each as a /32 asset
 //! with a role; `P=10` lists 5 of the 50), so that P % of the contacts are renamed to assets; by
@@ -33,18 +45,118 @@ use timely::dataflow::ProbeHandle;
 const TICK: u64 = 1_000;
 const WINDOW_TICKS: u64 = 60;
 
-fn edge_number(i: usize) -> Edge {
-    let group = i % 200;
-    let member = (i / 200) % 10;
-    let backend = (i / 2000) % 50;
-    Edge {
-        src: Endpoint {
-            entity: format!("pod:ns{group}/w{group}-{member}").into(),
-            workload: Some(format!("workload:ns{group}/Deployment/w{group}").into()),
-        },
-        dst: Endpoint { entity: format!("host:{}", backend_address(backend)).into(), workload: None },
-        dst_port: 443 + (i % 7) as u16,
-        protocol: 6,
+/// The one place the benchmark builds entity edges (so a change of `Endpoint`'s fields is a
+/// change here only).
+fn edge(src: (&str, Option<&str>), dst: (&str, Option<&str>), dst_port: u16, protocol: u8) -> Edge {
+    let endpoint = |(entity, workload): (&str, Option<&str>)| Endpoint::new(entity, workload);
+    Edge { src: endpoint(src), dst: endpoint(dst), dst_port, protocol }
+}
+
+/// Which entity edges the synthetic traffic runs over.
+#[derive(Clone, Copy, Debug)]
+enum Shape {
+    /// `edges` edges: pods of 200 ten-replica workloads calling 50 backends on 7 ports.
+    Backends { edges: usize },
+    /// Each pod of `workloads` Deployments of `replicas` replicas in `namespaces` namespaces calls
+    /// every replica of the next workload of its namespace (8080/tcp) and both CoreDNS pods (53/udp).
+    Fleet { workloads: usize, replicas: usize, namespaces: usize },
+}
+
+impl Shape {
+    fn edges(&self) -> usize {
+        match *self {
+            Shape::Backends { edges } => edges,
+            Shape::Fleet { workloads, replicas, .. } => workloads * replicas * (replicas + 2),
+        }
+    }
+
+    fn edge(&self, i: usize) -> Edge {
+        match *self {
+            Shape::Backends { .. } => {
+                let (group, member, backend) = (i % 200, (i / 200) % 10, (i / 2000) % 50);
+                let src = format!("pod:ns{group}/w{group}-{member}");
+                let workload = format!("workload:ns{group}/Deployment/w{group}");
+                let dst = format!("host:{}", backend_address(backend));
+                edge((&src, Some(&workload)), (&dst, None), 443 + (i % 7) as u16, 6)
+            }
+            Shape::Fleet { workloads, replicas, namespaces } => {
+                let namespaces = namespaces.clamp(1, workloads.max(1));
+                let (pod, k) = (i / (replicas + 2), i % (replicas + 2));
+                let (w, r) = (pod / replicas, pod % replicas);
+                let namespace = w % namespaces;
+                let name = |w: usize| format!("fleet-{namespace}/svc-{}", w / namespaces);
+                let src = format!("pod:{}-{r}", name(w));
+                let src_workload = format!("workload:fleet-{namespace}/Deployment/svc-{}", w / namespaces);
+                if k < replicas {
+                    let next = if w + namespaces < workloads { w + namespaces } else { namespace };
+                    let dst = format!("pod:{}-{k}", name(next));
+                    let dst_workload = format!("workload:fleet-{namespace}/Deployment/svc-{}", next / namespaces);
+                    edge((&src, Some(&src_workload)), (&dst, Some(&dst_workload)), 8080, 6)
+                } else {
+                    let dst = format!("pod:kube-system/coredns-{}", k - replicas);
+                    let dns = "workload:kube-system/Deployment/coredns";
+                    edge((&src, Some(&src_workload)), (&dst, Some(dns)), 53, 17)
+                }
+            }
+        }
+    }
+}
+
+/// The command line: options, or the older positional `[workers] [edges] [ticks] [retention]`.
+#[derive(Clone, Copy, Debug)]
+struct Args {
+    workers: usize,
+    shape: Shape,
+    ticks: u64,
+    retention: Option<u64>,
+    active_percent: u32,
+    quiet_ticks: u64,
+}
+
+impl Args {
+    fn parse(args: &[String]) -> Result<Args, String> {
+        let mut parsed = Args {
+            workers: 1,
+            shape: Shape::Backends { edges: 100_000 },
+            ticks: 180,
+            retention: None,
+            active_percent: 25,
+            quiet_ticks: 30,
+        };
+        let number = |name: &str, value: Option<&String>| -> Result<u64, String> {
+            value.and_then(|v| v.replace('_', "").parse().ok()).ok_or(format!("{name} needs a number"))
+        };
+        if args.first().is_some_and(|a| !a.starts_with("--")) {
+            let positional: Vec<u64> =
+                args.iter().map(|a| a.parse().map_err(|_| format!("not a number: {a}"))).collect::<Result<_, _>>()?;
+            let at = |i: usize| positional.get(i).copied();
+            parsed.workers = at(0).unwrap_or(1) as usize;
+            parsed.shape = Shape::Backends { edges: at(1).unwrap_or(100_000) as usize };
+            parsed.ticks = at(2).unwrap_or(180);
+            parsed.retention = at(3);
+            return Ok(parsed);
+        }
+        let (mut workloads, mut replicas, mut namespaces) = (None, 3, 100);
+        let mut iter = args.iter();
+        while let Some(flag) = iter.next() {
+            let value = number(flag, iter.next())?;
+            match flag.as_str() {
+                "--workers" => parsed.workers = value as usize,
+                "--edges" => parsed.shape = Shape::Backends { edges: value as usize },
+                "--workloads" => workloads = Some(value as usize),
+                "--replicas" => replicas = value as usize,
+                "--namespaces" => namespaces = value as usize,
+                "--ticks" => parsed.ticks = value,
+                "--retention" => parsed.retention = Some(value),
+                "--active" => parsed.active_percent = value.clamp(1, 100) as u32,
+                "--quiet-ticks" => parsed.quiet_ticks = value.max(1),
+                other => return Err(format!("unknown option {other}")),
+            }
+        }
+        if let Some(workloads) = workloads {
+            parsed.shape = Shape::Fleet { workloads, replicas: replicas.max(1), namespaces };
+        }
+        Ok(parsed)
     }
 }
 
@@ -155,7 +267,8 @@ struct Report {
     flows: u64,
     updates: u64,
     load: Duration,
-    churn_tick: Duration,
+    /// Each timed quiet tick: from closing the tick to its alerts (slowest worker).
+    quiet_ticks: Vec<Duration>,
     scratch: Duration,
     live_edges: usize,
     rss_before: u64,
@@ -165,12 +278,33 @@ struct Report {
     history: Option<(usize, Duration)>,
 }
 
+/// What one worker measured.
+struct WorkerResult {
+    flows: u64,
+    updates: u64,
+    load: Duration,
+    quiet_ticks: Vec<Duration>,
+    live_edges: usize,
+    rss_loaded: u64,
+    history: Option<(usize, Duration)>,
+}
+
+/// The `q` quantile (0..=1) of `samples`, by the nearest rank.
+fn quantile(samples: &[Duration], q: f64) -> Duration {
+    let mut sorted = samples.to_vec();
+    sorted.sort();
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len().max(1));
+    sorted.get(rank - 1).copied().unwrap_or_default()
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let workers: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(1);
-    let edges: usize = args.next().and_then(|a| a.parse().ok()).unwrap_or(100_000);
-    let ticks: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(180);
-    let retention: Option<u64> = args.next().and_then(|a| a.parse().ok());
+    let argv: Vec<String> = std::env::args().skip(1).collect();
+    let args = Args::parse(&argv).unwrap_or_else(|e| {
+        eprintln!("dataflow_bench: {e}\nusage: see the head of topology/examples/dataflow_bench.rs");
+        std::process::exit(2)
+    });
+    let Args { workers, shape, ticks, retention, active_percent, quiet_ticks } = args;
+    let edges = shape.edges();
     let mut config = TopologyConfig::default();
     config.time.window = Duration::from_millis(WINDOW_TICKS * TICK);
     let config = Arc::new(config);
@@ -184,35 +318,35 @@ fn main() {
         let index = worker.index();
         let peers = worker.peers();
         let mut rng = ChaCha8Rng::seed_from_u64(index as u64);
-        let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
+        let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(|i| shape.edge(i)).collect();
         let operator_times = (index == 0 && profile_top > 0).then(|| OperatorTimes::record(worker));
         let (mut contacts, probe, trace) = install(worker, &config2, &assets2);
         // Without a retention the trace handle is dropped here and the graph keeps no history.
         let mut history = retention.map(|r| GraphHistory::new(trace, r * TICK, TICK));
 
-        // Load: `ticks` ticks, each edge active with probability 1/4, 1..8 flows when active.
+        // Load: `ticks` ticks, each edge active with probability P %, 1..8 flows when active.
         let started = Instant::now();
         let (mut flows, mut updates) = (0u64, 0u64);
         let mut live = std::collections::HashSet::new();
         for tick in 1..=ticks {
             let epoch = tick * TICK;
-            for edge in &mine {
-                if rng.random_range(0..4) == 0 {
-                    let n = rng.random_range(1..8);
+            for (n, edge) in mine.iter().enumerate() {
+                if rng.random_range(0..100) < active_percent {
+                    let n_flows = rng.random_range(1..8);
                     let volume = Volume {
-                        flows: n,
-                        bytes_out: 900 * n,
-                        bytes_in: 4000 * n,
-                        packets_out: 2 * n,
-                        packets_in: 4 * n,
+                        flows: n_flows,
+                        bytes_out: 900 * n_flows,
+                        bytes_in: 4000 * n_flows,
+                        packets_out: 2 * n_flows,
+                        packets_in: 4 * n_flows,
                         failed: 0,
                     };
                     contacts.update_at((edge.clone(), epoch), epoch, volume);
                     contacts.update_at((edge.clone(), epoch), epoch + WINDOW_TICKS * TICK, volume.negated());
-                    flows += n as u64;
+                    flows += n_flows as u64;
                     updates += 2;
                     if tick + WINDOW_TICKS > ticks {
-                        live.insert(edge.clone());
+                        live.insert(n);
                     }
                 }
             }
@@ -237,8 +371,11 @@ fn main() {
 
         // Churn: from here on, each edge appears in a tick with probability 1/100, so once the
         // dense ticks have left the window about 1 % of the keys change per tick (appear, or
-        // leave the window). Settle for one window, then time the next ten ticks.
-        let sparse = |rng: &mut ChaCha8Rng, contacts: &mut ScheduledInput<(Edge, Epoch), Volume>, epoch: Epoch| {
+        // leave the window). Settle for one window, then time the next ticks one by one: from
+        // closing the tick (its flows are in) until the alerts' frontier has passed it.
+        let sparse = |rng: &mut ChaCha8Rng,
+                      contacts: &mut ScheduledInput<(Edge, Epoch), Volume>,
+                      epoch: Epoch| {
             for edge in &mine {
                 if rng.random_range(0..100) == 0 {
                     let volume = Volume { flows: 1, bytes_out: 900, ..Volume::default() };
@@ -253,21 +390,31 @@ fn main() {
             contacts.flush();
             worker.step_while(|| probe.less_than(contacts.time()));
         }
-        let started = Instant::now();
-        for tick in ticks + WINDOW_TICKS + 1..=ticks + WINDOW_TICKS + 10 {
+        let mut quiet = Vec::new();
+        for tick in ticks + WINDOW_TICKS + 1..=ticks + WINDOW_TICKS + quiet_ticks {
             sparse(&mut rng, &mut contacts, tick * TICK);
+            let closed = Instant::now();
             contacts.advance_to(tick * TICK + TICK);
             contacts.flush();
             worker.step_while(|| probe.less_than(contacts.time()));
+            quiet.push(closed.elapsed());
         }
-        let churn_tick = started.elapsed() / 10;
         if let Some(times) = operator_times {
             worker.log_register().expect("timely logging").remove("timely");
             times.borrow().print(profile_top);
         }
 
         drop(history);
-        results2.lock().unwrap().push((index, flows, updates, load, churn_tick, live.len(), rss_loaded, held));
+        let result = WorkerResult {
+            flows,
+            updates,
+            load,
+            quiet_ticks: quiet,
+            live_edges: live.len(),
+            rss_loaded,
+            history: held,
+        };
+        results2.lock().unwrap().push(result);
     })
     .unwrap()
     .join();
@@ -281,7 +428,7 @@ fn main() {
             let index = worker.index();
             let peers = worker.peers();
             let mut rng = ChaCha8Rng::seed_from_u64(1000 + index as u64);
-            let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(edge_number).collect();
+            let mine: Vec<Edge> = (0..edges).filter(|i| i % peers == index).map(|i| shape.edge(i)).collect();
             let (mut contacts, probe, _) = install(worker, &config3, &assets3);
             // The churn phase's window (about 45 % of the edges live), given at once.
             let end = (ticks + 2 * WINDOW_TICKS) * TICK;
@@ -306,23 +453,34 @@ fn main() {
     };
 
     let results = results.lock().unwrap();
+    // Per tick, the slowest worker's latency (the probe is shared, so they nearly agree).
+    let quiet_ticks: Vec<Duration> = (0..quiet_ticks as usize)
+        .map(|t| results.iter().filter_map(|r| r.quiet_ticks.get(t)).max().copied().unwrap_or_default())
+        .collect();
     let report = Report {
-        flows: results.iter().map(|r| r.1).sum(),
-        updates: results.iter().map(|r| r.2).sum(),
-        load: results.iter().map(|r| r.3).max().unwrap_or_default(),
-        churn_tick: results.iter().map(|r| r.4).max().unwrap_or_default(),
+        flows: results.iter().map(|r| r.flows).sum(),
+        updates: results.iter().map(|r| r.updates).sum(),
+        load: results.iter().map(|r| r.load).max().unwrap_or_default(),
+        quiet_ticks,
         scratch,
-        live_edges: results.iter().map(|r| r.5).sum(),
+        live_edges: results.iter().map(|r| r.live_edges).sum(),
         rss_before,
-        rss_loaded: results.iter().map(|r| r.6).max().unwrap_or_default(),
+        rss_loaded: results.iter().map(|r| r.rss_loaded).max().unwrap_or_default(),
         history: results
             .iter()
-            .map(|r| r.7)
+            .map(|r| r.history)
             .try_fold((0, Duration::ZERO), |(n, t), held| held.map(|(more, read)| (n + more, t.max(read)))),
     };
     let secs = report.load.as_secs_f64();
+    let size = match shape {
+        Shape::Backends { edges } => format!("{edges} distinct edges (pods of 200 workloads → 50 backends)"),
+        Shape::Fleet { workloads, replicas, namespaces } => format!(
+            "{workloads} workloads × {replicas} replicas in {namespaces} namespaces: {edges} distinct entity edges"
+        ),
+    };
     println!(
-        "workers {workers}, distinct edges {edges}, ticks {ticks}, window {WINDOW_TICKS} ticks, {} assets listed",
+        "workers {workers}, {size}, {ticks} ticks at {active_percent} % of edges active, window {WINDOW_TICKS} \
+         ticks, {} assets listed",
         assets.len()
     );
     println!(
@@ -334,11 +492,21 @@ fn main() {
         report.flows as f64 / secs / workers as f64,
         report.updates as f64 / secs
     );
+    let mean = report.quiet_ticks.iter().sum::<Duration>() / report.quiet_ticks.len().max(1) as u32;
     println!(
-        "one tick at ~1% key churn: {:.1} ms; the same window from scratch: {:.1} ms; ratio {:.4}",
-        report.churn_tick.as_secs_f64() * 1e3,
+        "one tick at ~1% key churn: {:.1} ms (mean of {}); the same window from scratch: {:.1} ms; ratio {:.4}",
+        mean.as_secs_f64() * 1e3,
+        report.quiet_ticks.len(),
         report.scratch.as_secs_f64() * 1e3,
-        report.churn_tick.as_secs_f64() / report.scratch.as_secs_f64()
+        mean.as_secs_f64() / report.scratch.as_secs_f64()
+    );
+    println!(
+        "tick end → alerts (the tick's flows in, the alerts' frontier past it): p50 {:.1} ms, p99 {:.1} ms, \
+         max {:.1} ms over {} quiet ticks",
+        quantile(&report.quiet_ticks, 0.5).as_secs_f64() * 1e3,
+        quantile(&report.quiet_ticks, 0.99).as_secs_f64() * 1e3,
+        quantile(&report.quiet_ticks, 1.0).as_secs_f64() * 1e3,
+        report.quiet_ticks.len()
     );
     println!(
         "memory: {} live edges, RSS {:.0} MB → {:.0} MB: {:.0} bytes per live edge",

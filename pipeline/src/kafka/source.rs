@@ -150,11 +150,45 @@ struct Intake {
     wall_ms: i64,
     /// Flow messages read.
     messages: u64,
-    max_future_ms: i64,
+    times: TimeBounds,
     max_flow_bytes: i64,
     destinations: DestinationCap,
     /// Earliest epoch of an accepted flow (or restored from the checkpoints).
     observed_since: Option<Epoch>,
+}
+
+/// The event times a flow may claim: none before `input.earliest_end` (never before 1970, which
+/// no epoch can hold), none further than `input.max_future` ahead of the wall clock.
+#[derive(Clone, Copy, Debug)]
+struct TimeBounds {
+    earliest_end_ms: i64,
+    max_future_ms: i64,
+}
+
+impl TimeBounds {
+    fn of(input: &crate::config::InputConfig) -> TimeBounds {
+        let earliest = input.earliest_end.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        TimeBounds {
+            earliest_end_ms: i64::try_from(earliest.as_millis()).unwrap_or(i64::MAX),
+            max_future_ms: i64::try_from(input.max_future.as_millis()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// The refusal kind and reason of a flow ending at `end_ms` read when the clock says
+    /// `wall_ms`, if it is refused.
+    fn refusal(&self, end_ms: i64, wall_ms: i64) -> Option<(&'static str, String)> {
+        if end_ms < self.earliest_end_ms {
+            let reason = format!("end_ms {end_ms} is before input.earliest_end ({} ms)", self.earliest_end_ms);
+            return Some(("ancient_timestamp", reason));
+        }
+        if end_ms > wall_ms.saturating_add(self.max_future_ms) {
+            return Some((
+                "future_timestamp",
+                format!("end_ms {end_ms} is more than input.max_future ahead of the clock"),
+            ));
+        }
+        None
+    }
 }
 
 /// Distinct destinations per source entity in the window, up to a cap. Entries older than the
@@ -331,7 +365,7 @@ impl FlowSource {
             logged: HashSet::new(),
             wall_ms: 0,
             messages: 0,
-            max_future_ms: config.input.max_future.as_millis() as i64,
+            times: TimeBounds::of(&config.input),
             max_flow_bytes: config.input.max_flow_bytes,
             destinations: DestinationCap {
                 cap: config.input.max_destinations_per_source,
@@ -463,6 +497,11 @@ impl FlowSource {
         self.intake.partitions.values().all(PartitionClock::finished)
     }
 
+    /// The earliest epoch of a flow this worker accepted (or its checkpoints recorded).
+    pub fn observed_since(&self) -> Option<Epoch> {
+        self.intake.observed_since
+    }
+
     /// The greatest epoch any of this worker's partitions delivered.
     pub fn max_epoch(&self) -> Option<Epoch> {
         self.intake.partitions.values().filter_map(|c| c.max_epoch).max()
@@ -575,9 +614,8 @@ impl Intake {
             self.reject(message, invalid.kind(), &invalid.to_string())?;
             return Ok(None);
         }
-        if flow.end_ms > self.wall_ms + self.max_future_ms {
-            let reason = format!("end_ms {} is more than input.max_future ahead of the clock", flow.end_ms);
-            self.reject(message, "future_timestamp", &reason)?;
+        if let Some((kind, reason)) = self.times.refusal(flow.end_ms, self.wall_ms) {
+            self.reject(message, kind, &reason)?;
             return Ok(None);
         }
         if flow.bytes_out.max(flow.bytes_in) > self.max_flow_bytes {
@@ -692,5 +730,27 @@ impl DeadLetter {
             record = record.key(key);
         }
         self.outbox.send(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_before_the_earliest_end_or_beyond_the_future_bound_are_refused_by_their_own_reason() {
+        let bounds = TimeBounds::of(&crate::config::InputConfig::default());
+        let now = 1_796_256_000_000; // 2026-12-03
+        let kind = |end_ms: i64| bounds.refusal(end_ms, now).map(|(kind, _)| kind);
+        assert_eq!(kind(now), None);
+        assert_eq!(kind(946_684_800_000), None, "2000-01-01 itself is accepted");
+        assert_eq!(kind(946_684_799_999), Some("ancient_timestamp"));
+        assert_eq!(kind(0), Some("ancient_timestamp"), "a clock that never synced");
+        assert_eq!(kind(-3_600_000), Some("ancient_timestamp"), "before 1970: no epoch can hold it");
+        assert_eq!(kind(now / 1000), Some("ancient_timestamp"), "seconds taken for milliseconds");
+        assert_eq!(kind(i64::MIN), Some("ancient_timestamp"));
+        assert_eq!(kind(now + 3_600_000), None, "input.max_future ahead is still accepted");
+        assert_eq!(kind(now + 3_600_001), Some("future_timestamp"));
+        assert_eq!(kind(i64::MAX), Some("future_timestamp"));
     }
 }

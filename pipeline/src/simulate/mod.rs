@@ -10,6 +10,7 @@ pub mod labels;
 pub mod load;
 pub mod model;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -23,7 +24,7 @@ use serde::{Deserialize, Serialize};
 
 pub use attacks::{AttackConfig, AttackKind, SwapConfig};
 pub use labels::Label;
-pub use model::{OrganisationConfig, Profile};
+pub use model::{FleetConfig, OrganisationConfig, Profile};
 
 use crate::config::Config;
 use crate::kafka;
@@ -48,6 +49,8 @@ pub struct SimulateConfig {
     pub web_replicas: usize,
     /// The organisation environment's size and habits.
     pub organisation: OrganisationConfig,
+    /// Kubernetes Deployments added to the environment, to size a benchmark (none by default).
+    pub fleet: FleetConfig,
     /// Simulated time between two rounds of flows.
     #[serde(with = "humantime_serde")]
     pub step: Duration,
@@ -79,6 +82,7 @@ impl Default for SimulateConfig {
             clients: 20,
             web_replicas: 3,
             organisation: OrganisationConfig::default(),
+            fleet: FleetConfig::default(),
             step: Duration::from_secs(1),
             duration: Duration::from_secs(600),
             max_flows: 0,
@@ -588,6 +592,44 @@ pub fn simulate(config: &Config, stop: &AtomicBool) -> anyhow::Result<SimulateRe
     Ok(report)
 }
 
+/// What a simulation starting at `start_ms` publishes, counted without publishing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DryRun {
+    /// Flows generated: the ones asked for, or fewer if `max_span_ms` ran out first.
+    pub flows: u64,
+    /// Simulated time the rounds took to produce them, ms (whole steps).
+    pub span_ms: i64,
+    /// Distinct entity edges (source, destination, port, protocol, as the simulator names the
+    /// entities) with a flow in the last `window_ms` of the span.
+    pub live_edges: usize,
+}
+
+/// Runs the environment's rounds from `start_ms` until `flows` flows (or `max_span_ms` of
+/// simulated time), as [`simulate`] would with `max_flows = flows`: how long its load model takes
+/// to produce them, so that a benchmark's event times can be real ones ending about now.
+pub fn dry_run(sim: &SimulateConfig, start_ms: i64, flows: u64, window_ms: i64, max_span_ms: i64) -> DryRun {
+    let step_ms = sim.step.as_millis().max(1) as i64;
+    let mut env = Environment::new(sim, start_ms);
+    let mut round = Vec::new();
+    let mut last_seen: HashMap<(String, String, i32, i32), i64> = HashMap::new();
+    let (mut produced, mut t) = (0u64, start_ms);
+    while produced < flows && t - start_ms < max_span_ms {
+        t += step_ms;
+        round.clear();
+        env.round(t, step_ms, &mut round);
+        for generated in round.iter().take((flows - produced) as usize) {
+            let flow = &generated.flow;
+            let src = model::entity_of(&flow.src_addr, flow.src_meta.as_ref());
+            let dst = model::entity_of(&flow.dst_addr, flow.dst_meta.as_ref());
+            let last = last_seen.entry((src, dst, flow.dst_port, flow.protocol)).or_insert(flow.end_ms);
+            *last = (*last).max(flow.end_ms);
+        }
+        produced += (round.len() as u64).min(flows - produced);
+    }
+    let live_edges = last_seen.values().filter(|last| **last > t - window_ms).count();
+    DryRun { flows: produced, span_ms: t - start_ms, live_edges }
+}
+
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
@@ -652,6 +694,39 @@ mod tests {
         for generated in generate(&organisation(), MONDAY_6AM, 200).0 {
             generated.flow.validate().unwrap();
         }
+    }
+
+    /// The dry run counts what the simulation publishes: the same flows, over the span the load
+    /// model needs for them; a fleet of `w` workloads × `r` replicas keeps about w·r·(r + 2)
+    /// entity edges live (each pod calls every replica of the next workload and both DNS pods).
+    #[test]
+    fn a_dry_run_counts_the_flows_and_the_span_of_the_load_model() {
+        let config = SimulateConfig { clients: 40, web_replicas: 4, ..SimulateConfig::default() };
+        let dry = dry_run(&config, MONDAY_6AM, 5_000, 300_000, i64::MAX);
+        assert_eq!(dry.flows, 5_000);
+        let rounds = dry.span_ms / 1_000;
+        let (all, _) = generate(&config, MONDAY_6AM, rounds);
+        let (fewer, _) = generate(&config, MONDAY_6AM, rounds - 1);
+        assert!(
+            all.len() >= 5_000 && fewer.len() < 5_000,
+            "{} rounds: {} flows, one fewer: {}",
+            rounds,
+            all.len(),
+            fewer.len()
+        );
+        assert!(all.iter().all(|g| g.flow.end_ms > MONDAY_6AM && g.flow.end_ms <= MONDAY_6AM + dry.span_ms));
+        // Nothing at all: the span runs out.
+        let empty = SimulateConfig { clients: 0, web_replicas: 0, ..SimulateConfig::default() };
+        assert_eq!(
+            dry_run(&empty, MONDAY_6AM, 10, 300_000, 60_000),
+            DryRun { flows: 0, span_ms: 60_000, live_edges: 0 }
+        );
+
+        let fleet = FleetConfig { namespaces: 10, workloads: 200, replicas: 3, calls_per_minute: 6.0 };
+        let config = SimulateConfig { clients: 0, web_replicas: 1, fleet, ..SimulateConfig::default() };
+        let dry = dry_run(&config, MONDAY_6AM, 60_000, 300_000, 3_600_000);
+        let expected = 200 * 3 * (3 + 2);
+        assert!(dry.live_edges >= expected * 9 / 10 && dry.live_edges <= expected + 100, "{dry:?}, about {expected}");
     }
 
     #[test]

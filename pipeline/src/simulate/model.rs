@@ -30,11 +30,16 @@ impl Node {
     /// The entity the pipeline resolves this endpoint to (`pod:<ns>/<pod>` or `host:<addr>`; an
     /// external address is `ext:<addr>`, which the resolver decides, not the simulator).
     pub fn entity(&self) -> String {
-        match &self.meta {
-            Some(EndpointMeta { namespace: Some(ns), pod: Some(pod), .. }) => format!("pod:{ns}/{pod}"),
-            _ if self.addr.starts_with("10.") => format!("host:{}", self.addr),
-            _ => format!("ext:{}", self.addr),
-        }
+        entity_of(&self.addr, self.meta.as_ref())
+    }
+}
+
+/// The entity of an endpoint as the simulator names it (see [`Node::entity`]).
+pub fn entity_of(addr: &str, meta: Option<&EndpointMeta>) -> String {
+    match meta {
+        Some(EndpointMeta { namespace: Some(ns), pod: Some(pod), .. }) => format!("pod:{ns}/{pod}"),
+        _ if addr.starts_with("10.") => format!("host:{addr}"),
+        _ => format!("ext:{addr}"),
     }
 }
 
@@ -179,6 +184,30 @@ impl Default for OrganisationConfig {
     }
 }
 
+/// A fleet of Kubernetes Deployments added to either profile, to size a benchmark: none unless
+/// `workloads` is set. In each namespace, every workload's pods call the next workload's pods
+/// (load-balanced) and look names up at CoreDNS, at a flat rate, so each pod keeps about
+/// `replicas` + 2 entity edges live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FleetConfig {
+    /// Namespaces the workloads are spread over (round robin), named `fleet-<n>`.
+    pub namespaces: usize,
+    /// Deployments in the fleet, named `svc-<k>` in their namespace; 0: no fleet.
+    pub workloads: usize,
+    /// Replicas of each Deployment.
+    pub replicas: usize,
+    /// Calls per minute each pod makes to the next workload of its namespace (port 8080); it
+    /// makes half as many DNS lookups.
+    pub calls_per_minute: f64,
+}
+
+impl Default for FleetConfig {
+    fn default() -> Self {
+        FleetConfig { namespaces: 100, workloads: 0, replicas: 3, calls_per_minute: 2.0 }
+    }
+}
+
 /// Groups and call patterns.
 #[derive(Clone, Debug, Default)]
 pub struct Model {
@@ -202,9 +231,42 @@ pub fn suffix(rng: &mut ChaCha8Rng, len: usize) -> String {
 impl Model {
     /// The model a config asks for.
     pub fn build(config: &SimulateConfig, rng: &mut ChaCha8Rng) -> Model {
-        match config.environment {
+        let mut model = match config.environment {
             Profile::Demo => Model::demo(config, rng),
             Profile::Organisation => Model::organisation(&config.organisation, rng),
+        };
+        model.add_fleet(&config.fleet, rng);
+        model
+    }
+
+    /// The fleet's workloads and their calls (nothing when `fleet.workloads` is 0).
+    fn add_fleet(&mut self, fleet: &FleetConfig, rng: &mut ChaCha8Rng) {
+        if fleet.workloads == 0 || fleet.replicas == 0 {
+            return;
+        }
+        let namespaces = fleet.namespaces.clamp(1, fleet.workloads);
+        let dns = match self.group("kube-system/coredns") {
+            Some(dns) => dns,
+            None => {
+                let flat = Load::Flat;
+                self.add_workload(rng, "kube-system", "coredns", "Deployment", "coredns", (2, 2), flat)
+            }
+        };
+        let mut by_namespace: Vec<Vec<usize>> = vec![Vec::new(); namespaces];
+        for k in 0..fleet.workloads {
+            let (namespace, name) = (format!("fleet-{}", k % namespaces), format!("svc-{}", k / namespaces));
+            let repository = format!("registry.example/{namespace}/{name}");
+            let replicas = (fleet.replicas, fleet.replicas);
+            let group = self.add_workload(rng, &namespace, &name, "Deployment", &repository, replicas, Load::Flat);
+            by_namespace[k % namespaces].push(group);
+        }
+        let (per_minute, flat) = (fleet.calls_per_minute, Load::Flat);
+        for groups in &by_namespace {
+            for (i, &from) in groups.iter().enumerate() {
+                let to = groups[(i + 1) % groups.len()];
+                self.call(from, to, 8080, Some("http"), per_minute, flat, (300, 1_500), (1_000, 20_000));
+                self.call(from, dns, 53, Some("dns"), per_minute / 2.0, flat, (60, 80), (90, 300));
+            }
         }
     }
 
