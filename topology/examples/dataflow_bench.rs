@@ -373,9 +373,7 @@ fn main() {
         // dense ticks have left the window about 1 % of the keys change per tick (appear, or
         // leave the window). Settle for one window, then time the next ticks one by one: from
         // closing the tick (its flows are in) until the alerts' frontier has passed it.
-        let sparse = |rng: &mut ChaCha8Rng,
-                      contacts: &mut ScheduledInput<(Edge, Epoch), Volume>,
-                      epoch: Epoch| {
+        let sparse = |rng: &mut ChaCha8Rng, contacts: &mut ScheduledInput<(Edge, Epoch), Volume>, epoch: Epoch| {
             for edge in &mine {
                 if rng.random_range(0..100) == 0 {
                     let volume = Volume { flows: 1, bytes_out: 900, ..Volume::default() };
