@@ -208,8 +208,7 @@ fn simulate_streaming(config: &mut Config, args: &BenchArgs) -> anyhow::Result<(
     sim.swap = Some(SwapConfig { at: Duration::from_secs(600), ..SwapConfig::default() });
     let window_ms = config.time.window_ms() as i64;
     let end_ms = crate::simulate::now_ms();
-    let earliest_ms = config.input.earliest_end.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as i64;
-    let max_span_ms = end_ms - earliest_ms;
+    let max_span_ms = end_ms - config.input.earliest_end_ms();
     let planning = Instant::now();
     // The span the load needs from now on; then the same simulation as it will run, from that
     // long ago (the same for a flat load; one whose rate follows the time of day may produce a

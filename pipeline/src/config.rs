@@ -173,6 +173,14 @@ impl Default for InputConfig {
     }
 }
 
+impl InputConfig {
+    /// `earliest_end` in ms since 1970 (0 for an instant before it; saturating far ahead).
+    pub fn earliest_end_ms(&self) -> i64 {
+        let since_1970 = self.earliest_end.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+        i64::try_from(since_1970.as_millis()).unwrap_or(i64::MAX)
+    }
+}
+
 /// The default of `input.earliest_end`, 2000-01-01T00:00:00Z: older than any flow record a live
 /// network exports, younger than the clock of a sensor that never synced.
 pub fn earliest_end_default() -> SystemTime {

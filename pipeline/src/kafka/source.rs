@@ -167,9 +167,8 @@ struct TimeBounds {
 
 impl TimeBounds {
     fn of(input: &crate::config::InputConfig) -> TimeBounds {
-        let earliest = input.earliest_end.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
         TimeBounds {
-            earliest_end_ms: i64::try_from(earliest.as_millis()).unwrap_or(i64::MAX),
+            earliest_end_ms: input.earliest_end_ms(),
             max_future_ms: i64::try_from(input.max_future.as_millis()).unwrap_or(i64::MAX),
         }
     }
