@@ -27,7 +27,9 @@
 //! default the inventory is empty.
 //!
 //! With `PEERGRAPH_BENCH_OPERATORS=N` set, worker 0 also prints the N operators that took the most
-//! time (timely's scheduling log), to say where a tick's cost goes.
+//! time (timely's scheduling log), to say where a tick's cost goes, and the N arrangements that
+//! hold the most updates at the end of the load (differential's batch / merge / drop log), with
+//! how many arrangements the dataflow has: to say where its memory goes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -205,12 +207,16 @@ fn install(worker: &mut timely::worker::Worker, config: &TopologyConfig, assets:
     })
 }
 
-/// Time spent per operator, from timely's `Schedule` start / stop events, with the operators' names.
+/// Time spent per operator, from timely's `Schedule` start / stop events, with the operators' names,
+/// and the updates each arrangement holds, from differential's batch events.
 #[derive(Default)]
 struct OperatorTimes {
     names: std::collections::HashMap<usize, (Vec<usize>, String)>,
     started: std::collections::HashMap<usize, Duration>,
     spent: std::collections::HashMap<usize, Duration>,
+    /// Per arranging operator: updates in its trace's batches (added by a batch or a completed
+    /// merge, removed by the merge's inputs or a drop).
+    held: std::collections::HashMap<usize, isize>,
 }
 
 impl OperatorTimes {
@@ -241,7 +247,40 @@ impl OperatorTimes {
                 }
             }
         });
+        let sink = times.clone();
+        use differential_dataflow::logging::{DifferentialEvent, DifferentialEventBuilder};
+        worker.log_register().expect("timely logging").insert::<DifferentialEventBuilder, _>(
+            "differential/arrange",
+            move |_, events| {
+                let Some(events) = events else { return };
+                let mut times = sink.borrow_mut();
+                for (_, event) in events.iter() {
+                    let (operator, change) = match event {
+                        DifferentialEvent::Batch(b) => (b.operator, b.length as isize),
+                        DifferentialEvent::Merge(m) => match m.complete {
+                            Some(merged) => (m.operator, merged as isize - (m.length1 + m.length2) as isize),
+                            None => continue,
+                        },
+                        DifferentialEvent::Drop(d) => (d.operator, -(d.length as isize)),
+                        _ => continue,
+                    };
+                    *times.held.entry(operator).or_default() += change;
+                }
+            },
+        );
         times
+    }
+
+    /// The `top` arrangements by updates held, and how many arrangements there are.
+    fn print_arrangements(&self, top: usize) {
+        let mut held: Vec<_> = self.held.iter().collect();
+        held.sort_by(|a, b| b.1.cmp(a.1));
+        let total: isize = held.iter().map(|(_, n)| **n).sum();
+        println!("worker 0, {} arrangements holding {total} updates at the end of the load; the largest:", held.len());
+        for (id, updates) in held.into_iter().take(top) {
+            let (addr, name) = self.names.get(id).cloned().unwrap_or_default();
+            println!("  {updates:>10} updates  {name} {addr:?} (id {id})");
+        }
     }
 
     /// The `top` operators by time spent, innermost first (a scope's time includes its children's).
@@ -359,6 +398,9 @@ fn main() {
         }
         let load = started.elapsed();
         let rss_loaded = rss_bytes();
+        if let Some(times) = operator_times.as_ref() {
+            times.borrow().print_arrangements(profile_top);
+        }
         // What the history holds, and one read of the whole entity-level graph half a retention ago.
         let held = history.as_mut().map(|history| {
             let at = history.latest().unwrap_or(0).saturating_sub(history.retention_ms() / 2);
