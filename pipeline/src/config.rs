@@ -140,6 +140,17 @@ pub struct InputConfig {
     /// else late.
     #[serde(with = "humantime_serde")]
     pub max_future: Duration,
+    /// How far ahead of its partition's event time a flow may end and still move it. A flow
+    /// further ahead is refused ("ahead_of_partition", counted per sensor in
+    /// `peergraph_flows_ahead_of_partition`) and leaves the partition's watermark where it
+    /// was, so that one forged or mis-clocked record cannot make the honest ones late; unless
+    /// `skew_support` of the partition's last 1,000 records ran ahead together, which is the
+    /// stream moving on (the time then jumps to them). "0s" turns the check off. See
+    /// docs/configuration.md.
+    #[serde(with = "humantime_serde")]
+    pub max_skew: Duration,
+    /// How many records ahead of the skew, among a partition's last 1,000, move its time to them.
+    pub skew_support: usize,
     /// A flow ending before this instant (RFC 3339, UTC) is refused ("ancient_timestamp"): a
     /// sensor whose clock never synced (1970), a time in seconds taken for milliseconds, or a
     /// negative time would otherwise fall into one epoch far behind every other flow (times
@@ -166,6 +177,8 @@ impl Default for InputConfig {
             late: LatePolicy::Drop,
             max_batch: 20_000,
             max_future: Duration::from_secs(3600),
+            max_skew: Duration::from_secs(300),
+            skew_support: 3,
             earliest_end: earliest_end_default(),
             max_flow_bytes: 1 << 40,
             max_destinations_per_source: 10_000,

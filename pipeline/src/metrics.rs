@@ -16,6 +16,11 @@ pub struct ReasonLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SensorLabel {
+    pub sensor: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EventLabel {
     pub event: String,
 }
@@ -52,6 +57,10 @@ pub struct Metrics {
     pub rejected_total: Counter,
     /// Rejected messages written to the dead-letter topic.
     pub dead_lettered: Counter,
+    /// Flows refused for running further than `input.max_skew` ahead of their partition's event
+    /// time, by sensor id (the first 100 ids; later ones as "other"): a sensor whose clock is
+    /// ahead shows up here.
+    pub flows_ahead: Family<SensorLabel, Counter>,
     /// Edge updates handed to the dataflow after per-batch pre-aggregation (one per distinct
     /// edge and epoch, twice with the window retraction).
     pub edge_updates: Counter,
@@ -103,6 +112,10 @@ impl Metrics {
         self.rejected_total.inc();
     }
 
+    pub fn flow_ahead(&self, sensor: &str) {
+        self.flows_ahead.get_or_create(&SensorLabel { sensor: sensor.to_owned() }).inc();
+    }
+
     pub fn rejected(&self, reason: &str) -> u64 {
         self.flows_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).get()
     }
@@ -133,6 +146,11 @@ impl Metrics {
             "flows_rejected",
             "Flow messages refused before the dataflow, by reason",
             self.flows_rejected.clone(),
+        );
+        registry.register(
+            "flows_ahead_of_partition",
+            "Flows refused for running further than input.max_skew ahead of their partition's event time, by sensor id",
+            self.flows_ahead.clone(),
         );
         registry.register(
             "dead_lettered",

@@ -1,6 +1,7 @@
 //! The Kafka edges of the pipeline: client configuration, topic provisioning, the flow source
 //! that feeds the timely workers and the output sinks (alerts, service graph) that write their output.
 
+pub mod clock;
 pub mod outbox;
 pub mod output;
 pub mod reference;

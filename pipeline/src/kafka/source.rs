@@ -20,6 +20,7 @@ use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
 
+use super::clock::{EventClock, Judgement, SkewPolicy};
 use super::outbox::Outbox;
 use super::state::{Checkpoint, Resume};
 use super::KafkaError;
@@ -32,8 +33,9 @@ pub type EdgeBatch = HashMap<(Edge, Epoch), Volume>;
 
 /// What the source knows about one of its partitions.
 struct PartitionClock {
-    /// Greatest epoch seen on the partition.
-    max_epoch: Option<Epoch>,
+    /// The partition's event time (see [`super::clock`]): its watermark is this time minus the
+    /// allowed lateness.
+    clock: EventClock,
     /// When the partition last delivered a message (idle detection).
     last_message: Instant,
     /// Offset of the next message to read.
@@ -58,7 +60,7 @@ struct PartitionClock {
 struct Segment {
     from_offset: i64,
     until_offset: i64,
-    /// The partition's greatest epoch before the segment (its watermark there).
+    /// The partition's event time before the segment (its watermark there).
     max_before: Option<Epoch>,
     /// Greatest epoch of the segment's accepted records.
     max_accepted: Option<Epoch>,
@@ -98,7 +100,7 @@ impl PartitionClock {
         }
         let (replay_from, max_epoch) = match self.segments.front() {
             Some(front) => (front.from_offset.min(self.committed), front.max_before),
-            None => (self.next_offset.min(self.committed), self.max_epoch),
+            None => (self.next_offset.min(self.committed), self.clock.time()),
         };
         Checkpoint { resume_at, replay_from, max_epoch, observed_since, workers }
     }
@@ -153,9 +155,16 @@ struct Intake {
     times: TimeBounds,
     max_flow_bytes: i64,
     destinations: DestinationCap,
+    /// How far a record may run ahead of its partition's time (`input.max_skew`).
+    skew: SkewPolicy,
+    /// Sensor ids with a label in `peergraph_flows_ahead_of_partition`.
+    ahead_sensors: HashSet<String>,
     /// Earliest epoch of an accepted flow (or restored from the checkpoints).
     observed_since: Option<Epoch>,
 }
+
+/// Most sensor ids labelled in the metric of flows ahead of their partition.
+const MAX_SENSOR_LABELS: usize = 100;
 
 /// The event times a flow may claim: none before `input.earliest_end` (never before 1970, which
 /// no epoch can hold), none further than `input.max_future` ahead of the wall clock.
@@ -311,7 +320,7 @@ impl FlowSource {
             clocks.insert(
                 p,
                 PartitionClock {
-                    max_epoch,
+                    clock: EventClock::restored(max_epoch),
                     last_message: now,
                     next_offset,
                     end_offset,
@@ -374,6 +383,11 @@ impl FlowSource {
                 seen: HashMap::new(),
             },
             observed_since: resume.observed_since,
+            skew: SkewPolicy {
+                max_skew_ms: config.input.max_skew.as_millis().min(u64::MAX as u128) as u64,
+                support: config.input.skew_support,
+            },
+            ahead_sensors: HashSet::new(),
         };
         let topic_c = std::ffi::CString::new(config.topics.flows.as_str()).map_err(|_| KafkaError::Client {
             context: format!("the flows topic name {:?} holds a NUL byte", config.topics.flows),
@@ -426,7 +440,7 @@ impl FlowSource {
             let segment = segments.entry(partition).or_insert(Segment {
                 from_offset: offset,
                 until_offset: offset,
-                max_before: clock.max_epoch,
+                max_before: clock.clock.time(),
                 max_accepted: None,
             });
             segment.until_offset = offset + 1;
@@ -472,17 +486,23 @@ impl FlowSource {
     /// the watermarks other workers announced.
     pub fn watermark(&self, now: Instant, announced: Epoch) -> Epoch {
         let lateness = self.intake.time.lateness_ms();
-        let mark = |c: &PartitionClock| c.max_epoch.map_or(0, |m| m.saturating_sub(lateness));
+        let mark = |time: Option<Epoch>| time.map_or(0, |m| m.saturating_sub(lateness));
         let holding = self
             .intake
             .partitions
             .values()
             .filter(|c| !c.finished() && (c.waiting() || now.duration_since(c.last_message) < self.intake.idle_timeout))
-            .map(mark)
+            .map(|c| mark(c.clock.time()))
             .min();
         match holding {
             Some(least) => least,
-            None => self.intake.partitions.values().map(mark).max().unwrap_or(0).max(announced),
+            None => {
+                // Established partitions first: a partition that went quiet after one record
+                // has not shown that record to be honest.
+                let established = self.intake.partitions.values().filter_map(|c| c.clock.time()).max();
+                let furthest = established.or_else(|| self.max_epoch());
+                mark(furthest).max(announced)
+            }
         }
     }
 
@@ -501,9 +521,10 @@ impl FlowSource {
         self.intake.observed_since
     }
 
-    /// The greatest epoch any of this worker's partitions delivered.
+    /// The furthest event time of this worker's partitions (a partition that saw only one record:
+    /// that record's epoch).
     pub fn max_epoch(&self) -> Option<Epoch> {
-        self.intake.partitions.values().filter_map(|c| c.max_epoch).max()
+        self.intake.partitions.values().filter_map(|c| c.clock.provisional()).max()
     }
 
     /// Commits the offsets of every batch whose records' epochs the output frontier has passed,
@@ -623,9 +644,16 @@ impl Intake {
             return Ok(None);
         }
         let epoch = self.time.epoch_of(flow.end_ms);
-        let clock = self.partitions.get_mut(&partition).expect("partition checked above");
-        let watermark = clock.max_epoch.map_or(0, |m| m.saturating_sub(self.time.lateness_ms()));
-        clock.max_epoch = clock.max_epoch.max(Some(epoch));
+        let clock = &mut self.partitions.get_mut(&partition).expect("partition checked above").clock;
+        let watermark = clock.time().map_or(0, |m| m.saturating_sub(self.time.lateness_ms()));
+        if let Judgement::Ahead { time } = clock.observe(epoch, self.skew) {
+            self.count_ahead(&flow.sensor_id);
+            let reason = format!(
+                "epoch {epoch} is more than input.max_skew ahead of its partition's event time {time}, uncorroborated"
+            );
+            self.reject(message, "ahead_of_partition", &reason)?;
+            return Ok(None);
+        }
         if epoch < watermark.max(floor) {
             let reason = format!("epoch {epoch} is behind the watermark {}", watermark.max(floor));
             match self.late {
@@ -651,6 +679,21 @@ impl Intake {
         self.metrics.flows_accepted.inc();
         self.observed_since = Some(self.observed_since.map_or(epoch, |o| o.min(epoch)));
         Ok(Some(epoch))
+    }
+
+    /// Counts a flow that ran ahead of its partition under its sensor's id (the first
+    /// [`MAX_SENSOR_LABELS`] ids seen; later ones as "other", so a forger cannot grow the metric).
+    fn count_ahead(&mut self, sensor_id: &str) {
+        let known = self.ahead_sensors.contains(sensor_id);
+        let label = if known || self.ahead_sensors.len() < MAX_SENSOR_LABELS {
+            if !known {
+                self.ahead_sensors.insert(sensor_id.to_owned());
+            }
+            sensor_id
+        } else {
+            "other"
+        };
+        self.metrics.flow_ahead(label);
     }
 
     fn count_and_log(&mut self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) {

@@ -1,0 +1,126 @@
+//! The hostile-input probes, as tests on the real broker (docs/reliability.md has the table).
+//!
+//! Row 1: a valid flow stamped ten minutes ahead of the stream, first on its partition, and more
+//! of them among the honest flows, used to push the partition's watermark ahead and make every
+//! honest flow after it late (37 alerts became 0). Now the alerts are exactly the reference
+//! run's, and the forged flows are counted under their sensor.
+
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+use peergraph::config::Config;
+use peergraph::metrics::Metrics;
+use peergraph::simulate::SwapConfig;
+use peergraph_schemas::codec::{Encoder, WireFormat};
+use peergraph_schemas::flow::proto;
+use peergraph_schemas::{Alert, ConnState, Flow};
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
+
+/// 2026-01-01T00:00:00Z: a fixed start keeps the run deterministic.
+const START_MS: i64 = 1_767_225_600_000;
+const TEN_MINUTES_MS: i64 = 600_000;
+
+fn simulated(test: &str) -> Config {
+    let mut config = peergraph_tests::config(test);
+    config.time.window = Duration::from_secs(60);
+    config.run.stop_at_end = true;
+    config.run.idle_timeout = Duration::from_secs(2);
+    config.simulate.seed = 7;
+    config.simulate.start_ms = Some(START_MS);
+    config.simulate.duration = Duration::from_secs(6 * 60);
+    config.simulate.web_replicas = 4;
+    let swap = SwapConfig { at: Duration::from_secs(90), lasting: Duration::from_secs(120), ..SwapConfig::default() };
+    config.simulate.swap = Some(swap);
+    config
+}
+
+/// A valid flow from a host that is part of no scenario, ending at `end_ms`.
+fn forged(end_ms: i64) -> Flow {
+    Flow {
+        sensor_id: "forger".into(),
+        start_ms: end_ms - 500,
+        end_ms,
+        src_addr: "10.66.0.1".into(),
+        src_port: 40000,
+        dst_addr: "10.66.0.2".into(),
+        dst_port: 443,
+        protocol: proto::TCP,
+        bytes_out: 100,
+        bytes_in: 200,
+        packets_out: 1,
+        packets_in: 1,
+        tcp_flags: 0x1b,
+        conn_state: ConnState::SF,
+        app_protocol: None,
+        src_meta: None,
+        dst_meta: None,
+    }
+}
+
+fn produce_to_every_partition(config: &Config, flows: &[Flow]) {
+    let producer: BaseProducer = peergraph::kafka::client_config(&config.kafka).create().expect("producer");
+    let encoder = Encoder::<Flow>::new(WireFormat::AvroSingleObject).expect("encoder");
+    for partition in 0..config.topics.partitions {
+        for flow in flows {
+            let payload = encoder.encode_to_vec(flow).expect("encode");
+            producer
+                .send(BaseRecord::<[u8], [u8]>::to(&config.topics.flows).partition(partition).payload(&payload))
+                .map_err(|(e, _)| e)
+                .expect("send");
+        }
+    }
+    producer.flush(Duration::from_secs(30)).expect("flush");
+}
+
+/// What identifies an alert event and what it says, for comparing two runs.
+fn summary(alerts: &[Alert]) -> Vec<String> {
+    let mut lines: Vec<String> = alerts
+        .iter()
+        .map(|a| format!("{} {:?} {} {} {:?}", a.alert_id, a.event, a.event_time_ms, a.entity, a.evidence))
+        .collect();
+    lines.sort();
+    lines
+}
+
+#[test]
+fn flows_stamped_ahead_of_their_partition_change_no_alert() {
+    let reference = simulated("ahead-reference");
+    let stream = peergraph::simulate::simulate(&reference, &AtomicBool::new(false)).expect("simulate");
+    let reference_metrics = Metrics::new();
+    peergraph::run::run(&reference, Arc::new(AtomicBool::new(false)), reference_metrics.clone()).expect("run");
+    let expected = summary(&peergraph_tests::collect_alerts(&reference, Duration::from_secs(5)));
+    assert!(expected.len() >= 2, "the reference run alerts on the swapped replica: {expected:#?}");
+
+    // The same stream, with a flow ten minutes ahead first on every partition, and three more
+    // on each after the honest flows (each alone among them, so never corroborated).
+    let mut probed = simulated("ahead-probed");
+    probed.input.max_skew = Duration::ZERO;
+    peergraph::kafka::ensure_topics(&probed.kafka, &probed.topics).expect("topics");
+    produce_to_every_partition(&probed, &[forged(START_MS + TEN_MINUTES_MS)]);
+    let again = peergraph::simulate::simulate(&probed, &AtomicBool::new(false)).expect("simulate");
+    assert_eq!(again.flows, stream.flows, "the same simulated stream");
+    let end = START_MS + 6 * 60_000;
+    produce_to_every_partition(&probed, &[forged(end + TEN_MINUTES_MS)]);
+    let metrics = Metrics::new();
+    let ran = peergraph::run::run(&probed, Arc::new(AtomicBool::new(false)), metrics.clone()).expect("run");
+    let partitions = probed.topics.partitions as u64;
+    assert_eq!(ran.messages, stream.flows + 2 * partitions);
+    let alerts = summary(&peergraph_tests::collect_alerts(&probed, Duration::from_secs(5)));
+    assert_eq!(alerts, expected, "the forged flows changed the alerts");
+
+    // The trailing forged flows were refused as ahead of their partition, under their sensor; the
+    // leading ones, first on their partitions, could not be judged and were held at their own
+    // epoch, which never closed.
+    assert_eq!(metrics.rejected("ahead_of_partition"), partitions);
+    assert_eq!(metrics.rejected("late"), reference_metrics.rejected("late"), "no honest flow was made late");
+    let exported = {
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &metrics.registry()).expect("encode");
+        text
+    };
+    assert!(
+        exported.contains(&format!("peergraph_flows_ahead_of_partition_total{{sensor=\"forger\"}} {partitions}")),
+        "{exported}"
+    );
+}
