@@ -57,6 +57,12 @@ pub struct Metrics {
     pub rejected_total: Counter,
     /// Rejected messages written to the dead-letter topic.
     pub dead_lettered: Counter,
+    /// Dead letters written as a summary (reason, origin, size and the first bytes) because the
+    /// refused message was too large for the dead-letter topic or the producer refused it.
+    pub dead_letters_summarised: Counter,
+    /// Dead letters the producer refused even as a summary (the message is still at its offset
+    /// in the flows topic; the log names it). The run goes on.
+    pub dead_letters_lost: Counter,
     /// Flows refused for running further than `input.max_skew` ahead of their partition's event
     /// time, by sensor id (the first 100 ids; later ones as "other"): a sensor whose clock is
     /// ahead shows up here.
@@ -146,6 +152,16 @@ impl Metrics {
             "flows_rejected",
             "Flow messages refused before the dataflow, by reason",
             self.flows_rejected.clone(),
+        );
+        registry.register(
+            "dead_letters_summarised",
+            "Dead letters written as a summary (reason, origin, size, first bytes): the message was too large for the dead-letter topic or refused",
+            self.dead_letters_summarised.clone(),
+        );
+        registry.register(
+            "dead_letters_lost",
+            "Dead letters refused by the producer even as a summary; the message stays at its offset in the flows topic",
+            self.dead_letters_lost.clone(),
         );
         registry.register(
             "flows_ahead_of_partition",

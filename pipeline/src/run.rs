@@ -270,11 +270,24 @@ fn run_worker(
     let index = worker.index();
     let peers = worker.peers();
     let client = client_config(&config.kafka);
-    // One producer for everything the worker writes.
-    let outbox = Rc::new(Outbox::new(&client)?);
+    // One producer for everything the worker writes, allowed to write dead letters as large as the
+    // dead-letter topic takes (unless `kafka.properties` sets its own limit); larger ones are
+    // summarised (see `kafka::source`).
+    let dead_letter_limit = match config.topics.dead_letter.as_str() {
+        "" => None,
+        topic => kafka::topic_max_message_bytes(&config.kafka, topic)?,
+    };
+    let mut producer_client = client.clone();
+    if let Some(limit) = dead_letter_limit.filter(|l| *l > kafka::CLIENT_MESSAGE_MAX_BYTES) {
+        if client.get("message.max.bytes").is_none() {
+            producer_client.set("message.max.bytes", limit.to_string());
+        }
+    }
+    let outbox = Rc::new(Outbox::new(&producer_client)?);
     let adapter = config.adapter(registry)?;
     let share = Share { index, workers: peers, all_partitions: partitions };
-    let mut source = FlowSource::open(config, &client, share, adapter, outbox.clone(), metrics.clone())?;
+    let mut source =
+        FlowSource::open(config, &client, share, adapter, outbox.clone(), metrics.clone(), dead_letter_limit)?;
     let resume = source.resume();
     // What a previous run persisted (this worker's share of the history, the open alerts), read
     // before any flow.

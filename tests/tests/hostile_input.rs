@@ -2,8 +2,10 @@
 //!
 //! Row 1: a valid flow stamped ten minutes ahead of the stream, first on its partition, and more
 //! of them among the honest flows, used to push the partition's watermark ahead and make every
-//! honest flow after it late (37 alerts became 0). Now the alerts are exactly the reference
-//! run's, and the forged flows are counted under their sensor.
+//! honest flow after it late (here 34 alert events became 0). Now the alerts are exactly the
+//! reference run's, and the forged flows are counted under their sensor.
+//!
+//! Row 2: one message over 1 MB stopped the run for good (its dead letter was too large).
 
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -92,10 +94,10 @@ fn flows_stamped_ahead_of_their_partition_change_no_alert() {
     let expected = summary(&peergraph_tests::collect_alerts(&reference, Duration::from_secs(5)));
     assert!(expected.len() >= 2, "the reference run alerts on the swapped replica: {expected:#?}");
 
-    // The same stream, with a flow ten minutes ahead first on every partition, and three more
-    // on each after the honest flows (each alone among them, so never corroborated).
-    let mut probed = simulated("ahead-probed");
-    probed.input.max_skew = Duration::ZERO;
+    // The same stream, with a flow ten minutes ahead first on every partition, and one more on
+    // each after the honest flows (alone, so never corroborated). With `input.max_skew = "0s"`
+    // (the old behaviour) this run has no alert at all.
+    let probed = simulated("ahead-probed");
     peergraph::kafka::ensure_topics(&probed.kafka, &probed.topics).expect("topics");
     produce_to_every_partition(&probed, &[forged(START_MS + TEN_MINUTES_MS)]);
     let again = peergraph::simulate::simulate(&probed, &AtomicBool::new(false)).expect("simulate");
@@ -123,4 +125,63 @@ fn flows_stamped_ahead_of_their_partition_change_no_alert() {
         exported.contains(&format!("peergraph_flows_ahead_of_partition_total{{sensor=\"forger\"}} {partitions}")),
         "{exported}"
     );
+}
+
+/// Row 2: a message over 1 MB was refused as oversized, its dead letter then refused by the
+/// producer's own `message.max.bytes`, and `run` exited (and read it again on every restart).
+/// Now its dead letter is a summary and the run goes on past it.
+#[test]
+fn a_message_too_large_for_the_dead_letter_topic_is_summarised_and_the_run_goes_on() {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+
+    let mut config = peergraph_tests::config("poison-pill");
+    config.topics.dead_letter = format!("{}.dead", config.topics.flows);
+    config.topics.partitions = 1;
+    config.run.stop_at_end = true;
+    // The flows topic takes messages up to 3 MB (as a user's may); the dead-letter topic keeps
+    // the broker's default (about 1 MB).
+    let admin: AdminClient<DefaultClientContext> = peergraph::kafka::client_config(&config.kafka).create().unwrap();
+    let flows = NewTopic::new(&config.topics.flows, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000000");
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let created = runtime.block_on(admin.create_topics(&[flows], &AdminOptions::new())).expect("create topics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
+
+    let encoder = Encoder::<Flow>::new(WireFormat::AvroSingleObject).unwrap();
+    let pill: Vec<u8> = (0..1_200_000u32).map(|i| (i % 251) as u8).collect();
+    let producer: BaseProducer =
+        peergraph::kafka::client_config(&config.kafka).set("message.max.bytes", "3000000").create().unwrap();
+    let honest =
+        |i: i64| encoder.encode_to_vec(&Flow { sensor_id: "s".into(), ..forged(START_MS + i * 1000) }).unwrap();
+    for payload in [honest(0), pill.clone(), honest(1)] {
+        producer
+            .send(BaseRecord::<[u8], [u8]>::to(&config.topics.flows).payload(&payload))
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    producer.flush(Duration::from_secs(30)).unwrap();
+
+    let metrics = Metrics::new();
+    let ran = peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), metrics.clone())
+        .expect("an oversized message does not stop the run");
+    assert_eq!(ran.messages, 3);
+    assert_eq!(metrics.rejected("oversized"), 1);
+    assert_eq!(metrics.flows_accepted.get(), 2, "the flows around the pill went through");
+    assert_eq!((metrics.dead_lettered.get(), metrics.dead_letters_summarised.get()), (1, 1));
+    assert_eq!(metrics.dead_letters_lost.get(), 0);
+
+    let dead = peergraph_tests::read_messages(&config, &config.topics.dead_letter);
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].payload, pill[..256], "the summary carries the message's first bytes");
+
+    // Committed past the pill: a restart does not read it again.
+    let consumer: BaseConsumer =
+        peergraph::kafka::client_config(&config.kafka).set("group.id", &config.input.group_id).create().unwrap();
+    let mut partitions = rdkafka::TopicPartitionList::new();
+    partitions.add_partition(&config.topics.flows, 0);
+    let committed = consumer.committed_offsets(partitions, Duration::from_secs(10)).unwrap();
+    let offset = committed.find_partition(&config.topics.flows, 0).map(|p| p.offset());
+    assert_eq!(offset, Some(rdkafka::Offset::Offset(3)));
 }

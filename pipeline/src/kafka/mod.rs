@@ -237,6 +237,39 @@ pub fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), KafkaErr
     Ok(())
 }
 
+/// librdkafka's default `message.max.bytes`: the largest message a client produces unless told.
+pub const CLIENT_MESSAGE_MAX_BYTES: usize = 1_000_000;
+
+/// The largest message `client` will produce (its `message.max.bytes`).
+pub fn client_max_message_bytes(client: &ClientConfig) -> usize {
+    client.get("message.max.bytes").and_then(|v| v.parse().ok()).unwrap_or(CLIENT_MESSAGE_MAX_BYTES)
+}
+
+/// The largest message the brokers accept on `topic` (its `max.message.bytes`), or `None` when
+/// the brokers do not say (the topic is missing, or describing configs is not allowed).
+pub fn topic_max_message_bytes(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
+    use rdkafka::admin::ResourceSpecifier;
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| KafkaError::CreateTopic { topic: topic.to_owned(), reason: e.to_string() })?;
+    let options = AdminOptions::new().request_timeout(Some(kafka.connect_timeout));
+    let described = runtime.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options));
+    let limit = match described {
+        Ok(results) => results.into_iter().flatten().find_map(|resource| {
+            resource.get("max.message.bytes").and_then(|entry| entry.value.as_deref()?.parse().ok())
+        }),
+        Err(error) => {
+            tracing::warn!(topic, %error, "cannot read the topic's max.message.bytes; assuming the client's limit");
+            None
+        }
+    };
+    Ok(limit)
+}
+
 /// Creates the flows, alerts, dead-letter, reference and state topics if they are missing.
 pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), KafkaError> {
     if !topics.create {

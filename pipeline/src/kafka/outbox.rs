@@ -24,6 +24,8 @@ pub struct Outbox {
     producer: ThreadedProducer<DeliveryFailures>,
     failed: Arc<AtomicU64>,
     refused_topics: Arc<Mutex<BTreeSet<String>>>,
+    /// The producer's `message.max.bytes`.
+    max_message_bytes: usize,
 }
 
 impl Outbox {
@@ -37,7 +39,12 @@ impl Outbox {
             .set("linger.ms", "5")
             .create_with_context(context)
             .map_err(|source| KafkaError::Client { context: "creating the worker's producer".into(), source })?;
-        Ok(Outbox { producer, failed, refused_topics })
+        Ok(Outbox { producer, failed, refused_topics, max_message_bytes: super::client_max_message_bytes(client) })
+    }
+
+    /// The largest message this producer sends (its `message.max.bytes`).
+    pub fn max_message_bytes(&self) -> usize {
+        self.max_message_bytes
     }
 
     /// Queues `record`, waiting while librdkafka's queue is full.

@@ -263,6 +263,7 @@ impl FlowSource {
         adapter: Adapter,
         outbox: Rc<Outbox>,
         metrics: Arc<Metrics>,
+        dead_letter_limit: Option<usize>,
     ) -> Result<FlowSource, KafkaError> {
         let (partitions, all_partitions, workers) = (share.partitions(), share.all_partitions, share.workers);
         let topic = config.topics.flows.clone();
@@ -354,7 +355,7 @@ impl FlowSource {
         let dead_letter = if config.topics.dead_letter.is_empty() {
             None
         } else {
-            Some(DeadLetter::new(outbox.clone(), &config.topics.dead_letter, &topic))
+            Some(DeadLetter::new(outbox.clone(), &config.topics.dead_letter, &topic, dead_letter_limit))
         };
 
         let intake = Intake {
@@ -716,8 +717,7 @@ impl Intake {
     fn reject(&mut self, message: &BorrowedMessage<'_>, kind: &'static str, reason: &str) -> Result<(), KafkaError> {
         self.count_and_log(message, kind, reason);
         if let Some(dead_letter) = &self.dead_letter {
-            dead_letter.send(message, kind, reason)?;
-            self.metrics.dead_lettered.inc();
+            dead_letter.send(message, kind, reason, &self.metrics)?;
         }
         Ok(())
     }
@@ -746,33 +746,110 @@ fn cached_high_watermark(consumer: &BaseConsumer, topic: &std::ffi::CStr, partit
 /// [`Outbox`]: a dead letter librdkafka gives up on (after its retries) fails the next commit, so
 /// the worker stops before the offsets of its message are committed and the message is read
 /// (and refused) again after a restart instead of being lost.
+///
+/// No refused message can stop the run by its size: one that would not fit the dead-letter
+/// topic's `max.message.bytes` (or the producer's `message.max.bytes`), or that the producer
+/// refuses at once, is replaced by a summary (the same headers, `peergraph.truncated`,
+/// `peergraph.source.size`, and its first [`SUMMARY_PREFIX_BYTES`] bytes as the payload). A
+/// summary the producer refuses too is counted in `peergraph_dead_letters_lost` and logged with
+/// its origin, and the run goes on.
 struct DeadLetter {
     outbox: Rc<Outbox>,
     topic: String,
     source_topic: String,
+    /// The largest dead letter that can be delivered: the least of the topic's and the
+    /// producer's limits.
+    max_bytes: usize,
 }
 
+/// How many of a refused message's first bytes a summary dead letter carries.
+const SUMMARY_PREFIX_BYTES: usize = 256;
+
+/// What a record adds to its payload and key on the wire (record and batch overhead, and the
+/// headers' names), so that a dead letter is summarised before the broker refuses it.
+const DEAD_LETTER_OVERHEAD_BYTES: usize = 512;
+
+/// The longest refusal reason a dead letter carries (a decoder's error may quote its input).
+const MAX_REASON_BYTES: usize = 1024;
+
 impl DeadLetter {
-    fn new(outbox: Rc<Outbox>, topic: &str, source_topic: &str) -> DeadLetter {
-        DeadLetter { outbox, topic: topic.to_owned(), source_topic: source_topic.to_owned() }
+    fn new(outbox: Rc<Outbox>, topic: &str, source_topic: &str, topic_limit: Option<usize>) -> DeadLetter {
+        let max_bytes = topic_limit.unwrap_or(usize::MAX).min(outbox.max_message_bytes());
+        DeadLetter { outbox, topic: topic.to_owned(), source_topic: source_topic.to_owned(), max_bytes }
     }
 
-    fn send(&self, message: &BorrowedMessage<'_>, kind: &str, reason: &str) -> Result<(), KafkaError> {
+    fn send(
+        &self,
+        message: &BorrowedMessage<'_>,
+        kind: &str,
+        reason: &str,
+        metrics: &Metrics,
+    ) -> Result<(), KafkaError> {
+        let reason = truncated(reason, MAX_REASON_BYTES);
         let partition = message.partition().to_string();
         let offset = message.offset().to_string();
-        let headers = OwnedHeaders::new()
-            .insert(Header { key: "peergraph.reason", value: Some(kind) })
-            .insert(Header { key: "peergraph.error", value: Some(reason) })
-            .insert(Header { key: "peergraph.source.topic", value: Some(self.source_topic.as_str()) })
-            .insert(Header { key: "peergraph.source.partition", value: Some(partition.as_str()) })
-            .insert(Header { key: "peergraph.source.offset", value: Some(offset.as_str()) });
+        let headers = || {
+            OwnedHeaders::new()
+                .insert(Header { key: "peergraph.reason", value: Some(kind) })
+                .insert(Header { key: "peergraph.error", value: Some(reason) })
+                .insert(Header { key: "peergraph.source.topic", value: Some(self.source_topic.as_str()) })
+                .insert(Header { key: "peergraph.source.partition", value: Some(partition.as_str()) })
+                .insert(Header { key: "peergraph.source.offset", value: Some(offset.as_str()) })
+        };
         let payload = message.payload().unwrap_or_default();
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(payload).headers(headers);
-        if let Some(key) = message.key() {
-            record = record.key(key);
+        let key = message.key().unwrap_or_default();
+        let size = payload.len() + key.len() + reason.len() + self.source_topic.len() + DEAD_LETTER_OVERHEAD_BYTES;
+        if size <= self.max_bytes {
+            let mut record: BaseRecord<'_, [u8], [u8]> =
+                BaseRecord::to(&self.topic).payload(payload).headers(headers());
+            if !key.is_empty() {
+                record = record.key(key);
+            }
+            match self.outbox.send(record) {
+                Ok(()) => {
+                    metrics.dead_lettered.inc();
+                    return Ok(());
+                }
+                Err(error) => tracing::warn!(
+                    topic = %self.topic, %error, partition, offset,
+                    "the producer refused a dead letter; writing its summary instead"
+                ),
+            }
         }
-        self.outbox.send(record)
+        let size_header = payload.len().to_string();
+        let summary_headers = headers()
+            .insert(Header { key: "peergraph.truncated", value: Some("true") })
+            .insert(Header { key: "peergraph.source.size", value: Some(size_header.as_str()) });
+        let room = self.max_bytes.saturating_sub(size - payload.len() - key.len());
+        let prefix = &payload[..payload.len().min(SUMMARY_PREFIX_BYTES).min(room)];
+        let summary: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&self.topic).payload(prefix).headers(summary_headers);
+        match self.outbox.send(summary) {
+            Ok(()) => {
+                metrics.dead_lettered.inc();
+                metrics.dead_letters_summarised.inc();
+            }
+            Err(error) => {
+                metrics.dead_letters_lost.inc();
+                tracing::error!(
+                    topic = %self.topic, %error, partition, offset, bytes = payload.len(),
+                    "the producer refused a dead letter even as a summary; the message stays at its offset"
+                );
+            }
+        }
+        Ok(())
     }
+}
+
+/// `text` cut to at most `max` bytes, at a character boundary.
+fn truncated(text: &str, max: usize) -> &str {
+    if text.len() <= max {
+        return text;
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 #[cfg(test)]
