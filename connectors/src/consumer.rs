@@ -73,6 +73,7 @@ pub async fn run_with(
             .map_err(|source| ConnectError::Kafka { context: format!("subscribe to topic {topic}"), source })?;
         let dead_letters: Option<Arc<dyn DeadLetterQueue>> = match &config.dead_letter_topic {
             Some(dead_letter_topic) => {
+                ensure_dead_letter_topic(&client, topic, dead_letter_topic).await?;
                 let producer: FutureProducer = client.create().map_err(|source| ConnectError::Kafka {
                     context: "create the dead-letter producer".into(),
                     source,
@@ -93,6 +94,61 @@ pub async fn run_with(
     }
     .instrument(span)
     .await
+}
+
+/// Creates the dead-letter topic when it is missing (the default broker does not auto-create
+/// topics, and a dead letter that cannot be written stops delivery for every sink), laid out like
+/// the alerts topic (its partition count and replication factor).
+async fn ensure_dead_letter_topic(client: &ClientConfig, alerts: &str, dead_letters: &str) -> Result<(), ConnectError> {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::types::RDKafkaErrorCode;
+
+    let admin: AdminClient<DefaultClientContext> =
+        client.create().map_err(|source| ConnectError::Kafka { context: "create the admin client".into(), source })?;
+    let admin = Arc::new(admin);
+    let (reader, alerts_topic, dead_letter_topic) = (Arc::clone(&admin), alerts.to_owned(), dead_letters.to_owned());
+    // The metadata request blocks: off the runtime's threads.
+    let layout = tokio::task::spawn_blocking(move || {
+        let metadata = reader.inner().fetch_metadata(None, Duration::from_secs(30))?;
+        let find = |name: &str| metadata.topics().iter().find(|t| t.name() == name && t.error().is_none());
+        if find(&dead_letter_topic).is_some() {
+            return Ok(None);
+        }
+        let alerts = find(&alerts_topic);
+        let partitions = alerts.map_or(1, |t| t.partitions().len().max(1) as i32);
+        let replication = alerts.and_then(|t| t.partitions().first()).map_or(1, |p| p.replicas().len().max(1) as i32);
+        Ok(Some((partitions, replication)))
+    })
+    .await
+    .map_err(|error| ConnectError::Config { reason: format!("reading the topics' metadata: {error}") })?
+    .map_err(|source| ConnectError::Kafka { context: "read the topics' metadata".into(), source })?;
+    let Some((partitions, replication)) = layout else {
+        return Ok(());
+    };
+    let new = NewTopic::new(dead_letters, partitions, TopicReplication::Fixed(replication));
+    let created = admin
+        .create_topics(&[new], &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30))))
+        .await
+        .map_err(|source| ConnectError::Kafka {
+            context: format!("create the dead-letter topic {dead_letters}"),
+            source,
+        })?;
+    for result in created {
+        match result {
+            Ok(_) => tracing::info!(topic = dead_letters, partitions, replication, "created the dead-letter topic"),
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((_, code)) => {
+                return Err(ConnectError::Config {
+                    reason: format!(
+                        "connect.dead_letter_topic {dead_letters} does not exist and cannot be created ({code}); \
+                         create it, or unset connect.dead_letter_topic"
+                    ),
+                })
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `peergraph connect --check`: builds every configured sink (reading its secrets) and runs its

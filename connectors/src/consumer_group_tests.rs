@@ -235,6 +235,18 @@ async fn a_killed_instance_loses_nothing_and_the_survivor_opens_no_second_ticket
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_a_sink_rejects_go_to_the_dead_letter_topic_with_the_error_and_are_committed() {
+    dead_letters_round_trip(true).await;
+}
+
+/// Row 4 of docs/reliability.md: with the dead-letter topic missing (the broker does not
+/// auto-create topics), the first give-up used to stop delivery for every sink. `connect` now
+/// creates it at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_dead_letter_topic_is_created_at_start() {
+    dead_letters_round_trip(false).await;
+}
+
+async fn dead_letters_round_trip(create_dead_letter_topic: bool) {
     use rdkafka::consumer::{BaseConsumer, Consumer};
     use rdkafka::message::Headers;
     use rdkafka::{Message, Offset, TopicPartitionList};
@@ -248,7 +260,9 @@ async fn events_a_sink_rejects_go_to_the_dead_letter_topic_with_the_error_and_ar
     let (topic, dead_letters, group) =
         (format!("peergraph-dlq-test-{unique}"), format!("peergraph-dlq-test-{unique}.dlq"), format!("dlq-{unique}"));
     create_topic(&brokers, &topic, 1).await;
-    create_topic(&brokers, &dead_letters, 1).await;
+    if create_dead_letter_topic {
+        create_topic(&brokers, &dead_letters, 1).await;
+    }
     let producer: FutureProducer = client(&brokers).create().expect("producer");
     for n in 0..3 {
         let event = alert(&format!("rejected-{n}"), AlertEvent::Raised);
