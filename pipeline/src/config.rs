@@ -387,22 +387,87 @@ impl Config {
         }
     }
 
-    /// The effective configuration as TOML, with secrets replaced by "<redacted>".
+    /// The effective configuration as TOML, with secrets replaced by "<redacted>": every value
+    /// whose key names a credential (Kafka properties, sink headers such as `Authorization`, any
+    /// `password` / `token` / `secret` / `api_key` field; not the `*_env` / `*_file` settings that
+    /// only say where a secret is), and the user-info of every URL (`https://user:pass@host/`).
     pub fn to_redacted_toml(&self) -> String {
-        let mut shown = self.clone();
-        for (key, value) in shown.kafka.properties.iter_mut() {
-            if is_secret(key) {
-                *value = "<redacted>".into();
-            }
-        }
+        let mut shown = match toml::Value::try_from(self) {
+            Ok(value) => value,
+            Err(e) => return format!("# cannot render configuration: {e}"),
+        };
+        redact(&mut shown, None);
         toml::to_string_pretty(&shown).unwrap_or_else(|e| format!("# cannot render configuration: {e}"))
     }
 }
 
-/// librdkafka properties that hold credentials.
+/// What a redacted value is shown as.
+const REDACTED: &str = "<redacted>";
+
+/// Redacts, in place, every string under `value` that is a credential by its key, and the
+/// user-info of every URL.
+fn redact(value: &mut toml::Value, key: Option<&str>) {
+    match value {
+        toml::Value::String(text) => {
+            if key.is_some_and(is_secret) {
+                *text = REDACTED.into();
+            } else if let Some(shown) = without_user_info(text) {
+                *text = shown;
+            }
+        }
+        toml::Value::Array(items) => items.iter_mut().for_each(|item| redact(item, key)),
+        toml::Value::Table(table) => table.iter_mut().for_each(|(name, item)| redact(item, Some(name))),
+        _ => {}
+    }
+}
+
+/// `url` with its user-info replaced, if it has any (`scheme://user:pass@host…`); several URLs in
+/// one string (a comma-separated broker list) are each treated.
+fn without_user_info(url: &str) -> Option<String> {
+    let mut changed = false;
+    let parts: Vec<String> = url
+        .split(',')
+        .map(|part| {
+            let Some(scheme_end) = part.find("://") else { return part.to_owned() };
+            let rest = &part[scheme_end + 3..];
+            let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+            match rest[..authority_end].rfind('@') {
+                Some(at) => {
+                    changed = true;
+                    format!("{}://{REDACTED}@{}", &part[..scheme_end], &rest[at + 1..])
+                }
+                None => part.to_owned(),
+            }
+        })
+        .collect();
+    changed.then(|| parts.join(","))
+}
+
+/// Keys whose values are credentials: librdkafka properties, sink settings and HTTP headers. A key
+/// ending in `_env` or `_file` names where a secret is, not the secret, and is shown.
 pub fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    ["password", "secret", "sasl.oauthbearer.config", "ssl.key.pem", "ssl_key", "token"].iter().any(|s| key.contains(s))
+    if key.ends_with("_env") || key.ends_with("_file") || key.ends_with(".location") {
+        return false;
+    }
+    [
+        "password",
+        "passwd",
+        "secret",
+        "sasl.oauthbearer.config",
+        "ssl.key.pem",
+        "ssl_key",
+        "token",
+        "authorization",
+        "api_key",
+        "api-key",
+        "apikey",
+        "credential",
+        "private_key",
+        "cookie",
+    ]
+    .iter()
+    .any(|s| key.contains(s))
 }
 
 #[cfg(test)]
@@ -435,6 +500,33 @@ mod tests {
         let shown = loaded.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    /// Row 10 of docs/reliability.md: credentials inside URLs and in header values were printed.
+    #[test]
+    fn config_print_redacts_url_user_info_and_credential_headers() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(
+            &path,
+            "[schema_registry]\nurl = \"https://reg-user:reg-pass@registry:8081\"\n\
+             [[connect.sinks]]\nname = \"hook\"\ntype = \"webhook\"\nurl = \"https://hook-user:hook-pass@hooks.example/x?q=1\"\n\
+             secret_env = \"HOOK_SECRET\"\n[connect.sinks.headers]\nX-Team = \"soc\"\nX-Api-Key = \"key-123\"\n",
+        )
+        .unwrap();
+        let loaded = Config::load(Some(&path)).unwrap();
+        let shown = loaded.to_redacted_toml();
+        for secret in ["reg-pass", "reg-user", "hook-pass", "key-123"] {
+            assert!(!shown.contains(secret), "{secret} printed:\n{shown}");
+        }
+        for kept in ["registry:8081", "hooks.example/x?q=1", "HOOK_SECRET", "soc"] {
+            assert!(shown.contains(kept), "{kept} missing:\n{shown}");
+        }
+        assert_eq!(
+            without_user_info("kafka://a:b@k1:9092,kafka://k2:9092").unwrap(),
+            "kafka://<redacted>@k1:9092,kafka://k2:9092"
+        );
+        assert_eq!(without_user_info("https://host/path@x"), None, "an @ after the host is not user-info");
     }
 
     #[test]
