@@ -1,7 +1,8 @@
 //! The pipeline's counters, in Prometheus form: everything dropped, rejected or retried is
 //! counted here, and served on `/metrics` by [`serve`].
 
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -106,6 +107,32 @@ pub struct Metrics {
     pub graph_queries: Family<OutcomeLabel, Counter>,
     /// How long graph queries took to answer.
     pub graph_query_seconds: QuerySeconds,
+    /// The counts of the exit summary by label (prometheus-client's families cannot be read
+    /// back as a whole): refusals by reason, alert events by lifecycle event.
+    tallies: Mutex<Tallies>,
+}
+
+#[derive(Default)]
+struct Tallies {
+    rejected: BTreeMap<String, u64>,
+    alerts: BTreeMap<String, u64>,
+}
+
+/// What a run read, accepted, refused and produced, for its exit summary (`run` prints it, the
+/// log's last line carries it).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ExitSummary {
+    pub flows_accepted: u64,
+    /// Refused flow messages (or flows within one), by reason: decode and validation kinds,
+    /// `oversized`, `late`, `ahead_of_partition`, `future_timestamp`, `ancient_timestamp`, ...
+    pub rejected: BTreeMap<String, u64>,
+    pub dead_lettered: u64,
+    pub dead_letters_summarised: u64,
+    pub dead_letters_lost: u64,
+    /// Flows whose destination was folded into the overflow destination.
+    pub destinations_capped: u64,
+    /// Alert events produced, by lifecycle event.
+    pub alerts: BTreeMap<String, u64>,
 }
 
 impl Metrics {
@@ -116,6 +143,22 @@ impl Metrics {
     pub fn reject(&self, reason: &str) {
         self.flows_rejected.get_or_create(&ReasonLabel { reason: reason.to_owned() }).inc();
         self.rejected_total.inc();
+        let mut tallies = self.tallies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *tallies.rejected.entry(reason.to_owned()).or_default() += 1;
+    }
+
+    /// The exit summary of what was counted so far.
+    pub fn summary(&self) -> ExitSummary {
+        let tallies = self.tallies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        ExitSummary {
+            flows_accepted: self.flows_accepted.get(),
+            rejected: tallies.rejected.clone(),
+            dead_lettered: self.dead_lettered.get(),
+            dead_letters_summarised: self.dead_letters_summarised.get(),
+            dead_letters_lost: self.dead_letters_lost.get(),
+            destinations_capped: self.destinations_capped.get(),
+            alerts: tallies.alerts.clone(),
+        }
     }
 
     pub fn flow_ahead(&self, sensor: &str) {
@@ -128,6 +171,8 @@ impl Metrics {
 
     pub fn alert_produced(&self, event: &str) {
         self.alerts_produced.get_or_create(&EventLabel { event: event.to_owned() }).inc();
+        let mut tallies = self.tallies.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        *tallies.alerts.entry(event.to_owned()).or_default() += 1;
     }
 
     pub fn graph_query(&self, outcome: &str, seconds: f64) {

@@ -51,6 +51,9 @@ pub struct RunReport {
     /// How many times the output frontier moved (on the worker whose frontier moved most): a run
     /// that streams moves it once per few ticks, a batch of old times only once or twice.
     pub frontier_moves: u64,
+    /// What the process accepted, refused (by reason) and produced: the exit summary.
+    #[serde(flatten)]
+    pub summary: crate::metrics::ExitSummary,
     /// After a restart: the epoch from which output was produced again (earlier epochs were
     /// replayed silently); 0 on a first start.
     pub resumed_at: Epoch,
@@ -180,7 +183,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     // The graph query API, when enabled; it lives until the cluster has stopped.
     let api = (!config.api.listen.is_empty()).then(|| GraphApi::new(config, metrics.clone()));
     let _api_server = api.clone().map(|api| crate::api::serve(&config.api.listen, api)).transpose()?;
-    let shared = Arc::new((config.clone(), partitions, metrics, shutdown, registry, api));
+    let shared = Arc::new((config.clone(), partitions, metrics.clone(), shutdown, registry, api));
     tracing::info!(
         topic = %config.topics.flows,
         partitions,
@@ -214,6 +217,19 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         total.frontier_moves = total.frontier_moves.max(report.frontier_moves);
         total.resumed_at = total.resumed_at.max(report.resumed_at);
     }
+    total.summary = metrics.summary();
+    let late = total.summary.rejected.get("late").copied().unwrap_or(0);
+    let refused: u64 = total.summary.rejected.values().sum();
+    tracing::info!(
+        messages = total.messages,
+        flows_accepted = total.summary.flows_accepted,
+        refused,
+        late,
+        rejected = ?total.summary.rejected,
+        dead_lettered = total.summary.dead_lettered,
+        alerts = ?total.summary.alerts,
+        "pipeline stopped"
+    );
     Ok(total)
 }
 

@@ -115,6 +115,7 @@ fn flows_stamped_ahead_of_their_partition_change_no_alert() {
     // leading ones, first on their partitions, could not be judged and were held at their own
     // epoch, which never closed.
     assert_eq!(metrics.rejected("ahead_of_partition"), partitions);
+    assert_eq!(ran.summary.rejected.get("ahead_of_partition"), Some(&partitions), "the exit summary counts them");
     assert_eq!(metrics.rejected("late"), reference_metrics.rejected("late"), "no honest flow was made late");
     let exported = {
         let mut text = String::new();
@@ -171,6 +172,9 @@ fn a_message_too_large_for_the_dead_letter_topic_is_summarised_and_the_run_goes_
     assert_eq!(metrics.flows_accepted.get(), 2, "the flows around the pill went through");
     assert_eq!((metrics.dead_lettered.get(), metrics.dead_letters_summarised.get()), (1, 1));
     assert_eq!(metrics.dead_letters_lost.get(), 0);
+    // The exit summary `run` prints says the same.
+    assert_eq!(ran.summary.rejected.get("oversized"), Some(&1), "{:?}", ran.summary);
+    assert_eq!((ran.summary.flows_accepted, ran.summary.dead_letters_summarised), (2, 1));
 
     let dead = peergraph_tests::read_messages(&config, &config.topics.dead_letter);
     assert_eq!(dead.len(), 1);
