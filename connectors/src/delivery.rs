@@ -562,6 +562,13 @@ async fn deliver_with_policy(
 ) -> Result<u32, GaveUp> {
     let labels = ConnectMetrics::labels(&slot.name);
     let mut attempts = Attempts::new(&slot.policy.retry, &slot.name, "deliver");
+    // With a circuit breaker, a batch is not given up on before `max_attempts × open_for` has
+    // passed since its first failure (the attempts burnt before the circuit opened do not
+    // shorten a target's grace): past `max_attempts`, the breaker paces the probes.
+    let breaker_config = &slot.policy.circuit_breaker;
+    let grace = (breaker_config.failure_threshold > 0)
+        .then(|| breaker_config.open_for.saturating_mul(slot.policy.retry.max_attempts.max(1)));
+    let mut first_failure: Option<Instant> = None;
     loop {
         if matches!(breaker.state(), CircuitState::Open { .. }) {
             tracing::info!("circuit open; waiting before probing the target");
@@ -582,6 +589,22 @@ async fn deliver_with_policy(
                 if breaker.failed() {
                     metrics().circuit_open.get_or_create(&labels).set(1);
                     tracing::warn!(%error, "circuit opened after consecutive failures");
+                }
+                let failing_since = *first_failure.get_or_insert_with(Instant::now);
+                let within_grace = grace.is_some_and(|grace| failing_since.elapsed() < grace);
+                if error.is_retryable() && attempts.exhausted() && within_grace {
+                    tracing::warn!(
+                        %error,
+                        attempt = attempts.made(),
+                        failing_for_ms = u64::try_from(failing_since.elapsed().as_millis()).unwrap_or(u64::MAX),
+                        "sink call failed; still within max_attempts × open_for, probing again when the circuit allows"
+                    );
+                    if !matches!(breaker.state(), CircuitState::Open { .. }) {
+                        tokio::time::sleep(slot.policy.retry.max_backoff).await;
+                    }
+                    attempts.one_more();
+                    metrics().retried.get_or_create(&labels).inc();
+                    continue;
                 }
                 attempts.failed(error).await?;
                 metrics().retried.get_or_create(&labels).inc();

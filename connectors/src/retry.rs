@@ -107,6 +107,17 @@ impl<'a> Attempts<'a> {
         self.made
     }
 
+    /// Whether the attempt in progress is the last the policy allows.
+    pub fn exhausted(&self) -> bool {
+        self.made >= self.policy.max_attempts.max(1)
+    }
+
+    /// One more attempt beyond `max_attempts`, which the caller's own budget allows (an open
+    /// circuit's pace, see `deliver_with_policy`).
+    pub fn one_more(&mut self) {
+        self.made += 1;
+    }
+
     /// The attempt in progress failed with `error`: sleeps with backoff and returns `Ok` when the
     /// error is retryable and attempts remain, and gives up otherwise.
     pub async fn failed(&mut self, error: SinkError) -> Result<(), GaveUp> {

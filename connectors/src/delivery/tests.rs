@@ -471,6 +471,49 @@ async fn an_open_circuit_makes_no_calls_until_open_for_has_passed() {
     assert_eq!(of_sink(&journal, "siem").len(), 5, "3 failures, 1 success, closed: {journal:#?}");
 }
 
+/// Row 5 of docs/reliability.md: with the defaults (6 attempts, a circuit of 5 failures / 30 s), a
+/// target down for about a minute had its first batch dead-lettered 36 s into the outage, although
+/// the docs promise no give-up before `max_attempts × open_for` (180 s).
+#[tokio::test(start_paused = true)]
+async fn with_a_circuit_breaker_a_batch_is_not_given_up_before_max_attempts_times_open_for() {
+    let defaults = |harness: &mut Harness| {
+        let mut guarded = policy(&harness.config);
+        guarded.retry = RetryConfig::default();
+        guarded.circuit_breaker = CircuitBreakerConfig::default();
+        harness.policies.insert("siem", guarded);
+    };
+    // Down for 7 calls (about 70 s at the breaker's pace): delivered, nothing dead-lettered.
+    let journal = Journal::default();
+    let mut harness = Harness::new(config(10));
+    defaults(&mut harness);
+    let letters = Arc::new(DeadLetterList::default());
+    harness.dead_letters = Some(Arc::clone(&letters));
+    let source = ended_source(vec![message(0, 0, json(&alert("a", AlertEvent::Raised)))]);
+    let failures = (0..7).map(|_| SinkError::retryable("503"));
+    let sinks = vec![ScriptedSink::new("siem", &journal).failing_first(failures)];
+    let started = Instant::now();
+    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
+    let report = run.result.expect("delivered once the target recovered");
+    assert_eq!(report.dead_lettered, 0, "{report:?}");
+    assert!(letters.letters.lock().expect("letters").is_empty());
+    let outage = started.elapsed();
+    assert!(outage > Duration::from_secs(60) && outage < Duration::from_secs(180), "{outage:?}");
+
+    // Down for good: given up on (dead-lettered) only once 6 × 30 s have passed.
+    let journal = Journal::default();
+    let mut harness = Harness::new(config(10));
+    defaults(&mut harness);
+    let letters = Arc::new(DeadLetterList::default());
+    harness.dead_letters = Some(Arc::clone(&letters));
+    let source = ended_source(vec![message(0, 0, json(&alert("a", AlertEvent::Raised)))]);
+    let sinks = vec![ScriptedSink::new("siem", &journal).failing_always(SinkError::retryable("503"))];
+    let started = Instant::now();
+    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
+    assert_eq!(run.result.expect("dead-lettering is not an error").dead_lettered, 1);
+    let gave_up = started.elapsed();
+    assert!(gave_up >= Duration::from_secs(180) && gave_up < Duration::from_secs(220), "{gave_up:?}");
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rate_limited_sink_is_called_no_faster_than_its_limit() {
     let journal = Journal::default();
