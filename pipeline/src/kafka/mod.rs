@@ -237,6 +237,41 @@ pub fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), KafkaErr
     Ok(())
 }
 
+/// How often a repeated client error (a broker away, a commit refused) is logged: once per this
+/// interval, with how many times it happened since, instead of once per poll.
+pub const REPEATED_ERROR_LOG_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Lets a condition that repeats every poll be logged once per interval.
+#[derive(Debug)]
+pub struct LogEvery {
+    every: Duration,
+    last: Option<Instant>,
+    since: u64,
+}
+
+impl LogEvery {
+    pub fn new(every: Duration) -> LogEvery {
+        LogEvery { every, last: None, since: 0 }
+    }
+
+    /// The condition happened at `now`: `Some(n)` when it is to be logged, `n` being how many
+    /// times it happened since the last line (this one included); `None` to stay quiet.
+    pub fn occurred(&mut self, now: Instant) -> Option<u64> {
+        self.since += 1;
+        if self.last.is_some_and(|last| now.duration_since(last) < self.every) {
+            return None;
+        }
+        self.last = Some(now);
+        Some(std::mem::take(&mut self.since))
+    }
+}
+
+impl Default for LogEvery {
+    fn default() -> Self {
+        LogEvery::new(REPEATED_ERROR_LOG_INTERVAL)
+    }
+}
+
 /// librdkafka's default `message.max.bytes`: the largest message a client produces unless told.
 pub const CLIENT_MESSAGE_MAX_BYTES: usize = 1_000_000;
 
@@ -268,6 +303,23 @@ pub fn topic_max_message_bytes(kafka: &KafkaConfig, topic: &str) -> Result<Optio
         }
     };
     Ok(limit)
+}
+
+#[cfg(test)]
+mod log_every_tests {
+    use super::*;
+
+    #[test]
+    fn a_repeated_condition_is_logged_once_per_interval_with_its_count() {
+        let mut log = LogEvery::new(Duration::from_secs(10));
+        let start = Instant::now();
+        let at = |ms: u64| start + Duration::from_millis(ms);
+        assert_eq!(log.occurred(at(0)), Some(1), "the first occurrence is logged");
+        // One per 20 ms poll for 30 s: three lines, not 1,500.
+        let lines: Vec<u64> = (1..1500).filter_map(|i| log.occurred(at(i * 20))).collect();
+        assert_eq!(lines, vec![500, 500], "{lines:?}");
+        assert_eq!(log.occurred(at(60_000)), Some(500));
+    }
 }
 
 /// Creates the flows, alerts, dead-letter, reference and state topics if they are missing.

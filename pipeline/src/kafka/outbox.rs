@@ -26,6 +26,8 @@ pub struct Outbox {
     refused_topics: Arc<Mutex<BTreeSet<String>>>,
     /// The producer's `message.max.bytes`.
     max_message_bytes: usize,
+    /// Refused commits (a broker away) are logged once per interval, not once per commit.
+    commit_errors: std::cell::RefCell<super::LogEvery>,
 }
 
 impl Outbox {
@@ -39,7 +41,13 @@ impl Outbox {
             .set("linger.ms", "5")
             .create_with_context(context)
             .map_err(|source| KafkaError::Client { context: "creating the worker's producer".into(), source })?;
-        Ok(Outbox { producer, failed, refused_topics, max_message_bytes: super::client_max_message_bytes(client) })
+        Ok(Outbox {
+            producer,
+            failed,
+            refused_topics,
+            max_message_bytes: super::client_max_message_bytes(client),
+            commit_errors: Default::default(),
+        })
     }
 
     /// The largest message this producer sends (its `message.max.bytes`).
@@ -81,7 +89,9 @@ impl Outbox {
     ) -> Result<(), KafkaError> {
         self.flush("output records")?;
         if let Err(error) = consumer.commit(offsets, mode) {
-            tracing::warn!(%error, "offset commit failed; will retry with the next one");
+            if let Some(repeated) = self.commit_errors.borrow_mut().occurred(std::time::Instant::now()) {
+                tracing::warn!(%error, repeated, "offset commit failed; will retry with the next one");
+            }
         }
         Ok(())
     }

@@ -28,6 +28,8 @@ pub struct ReferenceReader<T: Record, D> {
     current: HashMap<Vec<u8>, D>,
     metrics: Arc<Metrics>,
     logged: bool,
+    /// Read errors (a broker away) are logged once per interval, not once per poll.
+    errors: super::LogEvery,
 }
 
 impl<T: Record, D: Clone + PartialEq> ReferenceReader<T, D> {
@@ -62,6 +64,7 @@ impl<T: Record, D: Clone + PartialEq> ReferenceReader<T, D> {
             current: HashMap::new(),
             metrics,
             logged: false,
+            errors: super::LogEvery::default(),
         })
     }
 
@@ -72,7 +75,9 @@ impl<T: Record, D: Clone + PartialEq> ReferenceReader<T, D> {
             let message = match result {
                 Ok(message) => message,
                 Err(error) => {
-                    tracing::warn!(%error, topic = %self.topic, "error reading a reference topic");
+                    if let Some(repeated) = self.errors.occurred(std::time::Instant::now()) {
+                        tracing::warn!(%error, topic = %self.topic, repeated, "error reading a reference topic");
+                    }
                     break;
                 }
             };

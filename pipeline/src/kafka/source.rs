@@ -128,6 +128,8 @@ pub struct FlowSource {
     workers: usize,
     /// The resume point of the last commit, and when it was made.
     last_checkpoint: Option<(Epoch, Instant)>,
+    /// Consumer errors (a broker away) are logged once per interval, not once per poll.
+    consumer_errors: super::LogEvery,
 }
 
 /// Everything but the consumer: what turns one message into an edge update.
@@ -404,6 +406,7 @@ impl FlowSource {
             replay_horizon_ms: config.replay_horizon_ms(),
             workers,
             last_checkpoint: None,
+            consumer_errors: super::LogEvery::default(),
         })
     }
 
@@ -427,7 +430,9 @@ impl FlowSource {
                 None => break,
                 Some(Ok(message)) => message,
                 Some(Err(error)) => {
-                    tracing::warn!(%error, topic = %self.intake.topic, "error from the flow consumer");
+                    if let Some(repeated) = self.consumer_errors.occurred(now) {
+                        tracing::warn!(%error, topic = %self.intake.topic, repeated, "error from the flow consumer");
+                    }
                     break;
                 }
             };
