@@ -183,7 +183,14 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     // The graph query API, when enabled; it lives until the cluster has stopped.
     let api = (!config.api.listen.is_empty()).then(|| GraphApi::new(config, metrics.clone()));
     let _api_server = api.clone().map(|api| crate::api::serve(&config.api.listen, api)).transpose()?;
-    let shared = Arc::new((config.clone(), partitions, metrics.clone(), shutdown, registry, api));
+    // The dead-letter topic's size limit, read once: every worker's producer may write dead
+    // letters that large, and larger ones are summarised (see `kafka::source`).
+    let dead_letter_limit = match config.topics.dead_letter.as_str() {
+        "" => None,
+        topic => kafka::topic_max_message_bytes(&config.kafka, topic)?,
+    };
+    let found = Found { partitions, dead_letter_limit };
+    let shared = Arc::new((config.clone(), found, metrics.clone(), shutdown, registry, api));
     tracing::info!(
         topic = %config.topics.flows,
         partitions,
@@ -193,15 +200,13 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         "starting the pipeline"
     );
     let guards = timely::execute(timely_config, move |worker| {
-        let (config, partitions, metrics, shutdown, registry, api) = &*shared;
-        run_worker(worker, config, *partitions, metrics.clone(), shutdown, registry.as_ref(), api.as_deref()).map_err(
-            |e| {
-                // A timely cluster is a gang: the other workers of this process stop too, instead of
-                // waiting forever for this one's progress.
-                shutdown.store(true, Ordering::Relaxed);
-                format!("{e:#}")
-            },
-        )
+        let (config, found, metrics, shutdown, registry, api) = &*shared;
+        run_worker(worker, config, *found, metrics.clone(), shutdown, registry.as_ref(), api.as_deref()).map_err(|e| {
+            // A timely cluster is a gang: the other workers of this process stop too, instead of
+            // waiting forever for this one's progress.
+            shutdown.store(true, Ordering::Relaxed);
+            format!("{e:#}")
+        })
     })
     .map_err(|e| anyhow::anyhow!("cannot start the timely cluster: {e}"))?;
     let mut total = RunReport::default();
@@ -274,10 +279,19 @@ fn timely_config(config: &Config) -> anyhow::Result<timely::Config> {
     Ok(timely::Config { communication, worker: timely::WorkerConfig::default() })
 }
 
+/// What the process learnt of the brokers at start, once for all its workers.
+#[derive(Clone, Copy, Debug)]
+struct Found {
+    /// Partitions of the flows topic.
+    partitions: i32,
+    /// The dead-letter topic's `max.message.bytes`, when the brokers say.
+    dead_letter_limit: Option<usize>,
+}
+
 fn run_worker(
     worker: &mut timely::worker::Worker,
     config: &Config,
-    partitions: i32,
+    found: Found,
     metrics: Arc<Metrics>,
     shutdown: &AtomicBool,
     registry: Option<&Arc<SchemaRegistry>>,
@@ -287,12 +301,8 @@ fn run_worker(
     let peers = worker.peers();
     let client = client_config(&config.kafka);
     // One producer for everything the worker writes, allowed to write dead letters as large as the
-    // dead-letter topic takes (unless `kafka.properties` sets its own limit); larger ones are
-    // summarised (see `kafka::source`).
-    let dead_letter_limit = match config.topics.dead_letter.as_str() {
-        "" => None,
-        topic => kafka::topic_max_message_bytes(&config.kafka, topic)?,
-    };
+    // dead-letter topic takes (unless `kafka.properties` sets its own limit).
+    let Found { partitions, dead_letter_limit } = found;
     let mut producer_client = client.clone();
     if let Some(limit) = dead_letter_limit.filter(|l| *l > kafka::CLIENT_MESSAGE_MAX_BYTES) {
         if client.get("message.max.bytes").is_none() {

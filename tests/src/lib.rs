@@ -38,6 +38,21 @@ pub fn config(test: &str) -> Config {
     config
 }
 
+/// Creates `topic` with `partitions` and the topic-level `settings` (e.g. `max.message.bytes`),
+/// before the pipeline's own `ensure_topics` would create it with the broker's defaults.
+pub fn create_topic_with(config: &Config, topic: &str, partitions: i32, settings: &[(&str, &str)]) {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    let admin: AdminClient<DefaultClientContext> =
+        peergraph::kafka::client_config(&config.kafka).create().expect("admin client");
+    let new = settings
+        .iter()
+        .fold(NewTopic::new(topic, partitions, TopicReplication::Fixed(1)), |new, (key, value)| new.set(key, value));
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let created = runtime.block_on(admin.create_topics(&[new], &AdminOptions::new())).expect("create topics");
+    assert!(created.iter().all(Result::is_ok), "{created:?}");
+}
+
 /// Reads a JSON-lines alerts file written by the file sink.
 pub fn read_alerts(path: &std::path::Path) -> Vec<peergraph_schemas::Alert> {
     let text = std::fs::read_to_string(path).unwrap_or_default();

@@ -135,20 +135,13 @@ fn bad_messages_are_counted_dead_lettered_and_skipped() {
 /// committed, so a restart reads the message again.
 #[test]
 fn a_dead_letter_the_broker_refuses_stops_the_run_before_its_offset_is_committed() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::{Offset, TopicPartitionList};
 
     let mut config = peergraph_tests::config("dead-letter-refused");
     config.topics.dead_letter = format!("{}.dead", config.topics.flows);
     config.topics.partitions = 1;
     config.run.stop_at_end = true;
-    let admin: AdminClient<DefaultClientContext> = peergraph::kafka::client_config(&config.kafka).create().unwrap();
-    let small =
-        NewTopic::new(&config.topics.dead_letter, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "200");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let created = runtime.block_on(admin.create_topics(&[small], &AdminOptions::new())).expect("create topics");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    peergraph_tests::create_topic_with(&config, &config.topics.dead_letter, 1, &[("max.message.bytes", "200")]);
     peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
 
     let avro = Encoder::<Flow>::new(WireFormat::AvroSingleObject).unwrap();

@@ -133,8 +133,6 @@ fn flows_stamped_ahead_of_their_partition_change_no_alert() {
 /// Now its dead letter is a summary and the run goes on past it.
 #[test]
 fn a_message_too_large_for_the_dead_letter_topic_is_summarised_and_the_run_goes_on() {
-    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-    use rdkafka::client::DefaultClientContext;
     use rdkafka::consumer::{BaseConsumer, Consumer};
 
     let mut config = peergraph_tests::config("poison-pill");
@@ -143,11 +141,7 @@ fn a_message_too_large_for_the_dead_letter_topic_is_summarised_and_the_run_goes_
     config.run.stop_at_end = true;
     // The flows topic takes messages up to 3 MB (as a user's may); the dead-letter topic keeps
     // the broker's default (about 1 MB).
-    let admin: AdminClient<DefaultClientContext> = peergraph::kafka::client_config(&config.kafka).create().unwrap();
-    let flows = NewTopic::new(&config.topics.flows, 1, TopicReplication::Fixed(1)).set("max.message.bytes", "3000000");
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let created = runtime.block_on(admin.create_topics(&[flows], &AdminOptions::new())).expect("create topics");
-    assert!(created.iter().all(Result::is_ok), "{created:?}");
+    peergraph_tests::create_topic_with(&config, &config.topics.flows, 1, &[("max.message.bytes", "3000000")]);
     peergraph::kafka::ensure_topics(&config.kafka, &config.topics).expect("topics");
 
     let encoder = Encoder::<Flow>::new(WireFormat::AvroSingleObject).unwrap();

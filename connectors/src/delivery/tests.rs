@@ -476,42 +476,40 @@ async fn an_open_circuit_makes_no_calls_until_open_for_has_passed() {
 /// the docs promise no give-up before `max_attempts × open_for` (180 s).
 #[tokio::test(start_paused = true)]
 async fn with_a_circuit_breaker_a_batch_is_not_given_up_before_max_attempts_times_open_for() {
-    let defaults = |harness: &mut Harness| {
-        let mut guarded = policy(&harness.config);
-        guarded.retry = RetryConfig::default();
-        guarded.circuit_breaker = CircuitBreakerConfig::default();
-        harness.policies.insert("siem", guarded);
-    };
     // Down for 7 calls (about 70 s at the breaker's pace): delivered, nothing dead-lettered.
-    let journal = Journal::default();
-    let mut harness = Harness::new(config(10));
-    defaults(&mut harness);
-    let letters = Arc::new(DeadLetterList::default());
-    harness.dead_letters = Some(Arc::clone(&letters));
-    let source = ended_source(vec![message(0, 0, json(&alert("a", AlertEvent::Raised)))]);
     let failures = (0..7).map(|_| SinkError::retryable("503"));
-    let sinks = vec![ScriptedSink::new("siem", &journal).failing_first(failures)];
-    let started = Instant::now();
-    let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
-    let report = run.result.expect("delivered once the target recovered");
+    let (report, letters, outage) = run_one_alert_with_default_policies(|sink| sink.failing_first(failures)).await;
+    let report = report.expect("delivered once the target recovered");
     assert_eq!(report.dead_lettered, 0, "{report:?}");
-    assert!(letters.letters.lock().expect("letters").is_empty());
-    let outage = started.elapsed();
+    assert!(letters.is_empty());
     assert!(outage > Duration::from_secs(60) && outage < Duration::from_secs(180), "{outage:?}");
 
     // Down for good: given up on (dead-lettered) only once 6 × 30 s have passed.
+    let (report, _, gave_up) =
+        run_one_alert_with_default_policies(|sink| sink.failing_always(SinkError::retryable("503"))).await;
+    assert_eq!(report.expect("dead-lettering is not an error").dead_lettered, 1);
+    assert!(gave_up >= Duration::from_secs(180) && gave_up < Duration::from_secs(220), "{gave_up:?}");
+}
+
+/// One alert through a `siem` sink scripted by `script`, with the default retry and circuit
+/// breaker policies and a dead-letter queue: the run's result, the dead letters, the time taken.
+async fn run_one_alert_with_default_policies(
+    script: impl FnOnce(ScriptedSink) -> ScriptedSink,
+) -> (Result<ConnectReport, ConnectError>, Vec<DeadLetter>, Duration) {
     let journal = Journal::default();
     let mut harness = Harness::new(config(10));
-    defaults(&mut harness);
+    let mut defaults = policy(&harness.config);
+    defaults.retry = RetryConfig::default();
+    defaults.circuit_breaker = CircuitBreakerConfig::default();
+    harness.policies.insert("siem", defaults);
     let letters = Arc::new(DeadLetterList::default());
     harness.dead_letters = Some(Arc::clone(&letters));
     let source = ended_source(vec![message(0, 0, json(&alert("a", AlertEvent::Raised)))]);
-    let sinks = vec![ScriptedSink::new("siem", &journal).failing_always(SinkError::retryable("503"))];
+    let sinks = vec![script(ScriptedSink::new("siem", &journal))];
     let started = Instant::now();
     let run = harness.drive(source, sinks, std::future::pending(), Arc::clone(&journal)).await;
-    assert_eq!(run.result.expect("dead-lettering is not an error").dead_lettered, 1);
-    let gave_up = started.elapsed();
-    assert!(gave_up >= Duration::from_secs(180) && gave_up < Duration::from_secs(220), "{gave_up:?}");
+    let letters = letters.letters.lock().expect("letters").clone();
+    (run.result, letters, started.elapsed())
 }
 
 #[tokio::test(start_paused = true)]

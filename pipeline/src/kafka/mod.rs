@@ -213,16 +213,24 @@ pub fn drop_read_to_end(consumer: &BaseConsumer, topic: &str, ends: &mut std::co
     });
 }
 
+/// An admin client and the one-thread runtime its futures are driven on; `runtime_error` says
+/// what failed when the runtime cannot start.
+fn admin_session(
+    kafka: &KafkaConfig,
+    runtime_error: impl FnOnce(String) -> KafkaError,
+) -> Result<(AdminClient<DefaultClientContext>, tokio::runtime::Runtime), KafkaError> {
+    let admin = client_config(kafka)
+        .create()
+        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
+    let runtime =
+        tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| runtime_error(e.to_string()))?;
+    Ok((admin, runtime))
+}
+
 /// Deletes `names` (a topic that does not exist is not an error): for tools that create topics of
 /// their own, such as `bench`.
 pub fn delete_topics(kafka: &KafkaConfig, names: &[&str]) -> Result<(), KafkaError> {
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
-        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| KafkaError::DeleteTopic { topic: names.join(","), reason: e.to_string() })?;
+    let (admin, runtime) = admin_session(kafka, |reason| KafkaError::DeleteTopic { topic: names.join(","), reason })?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let results = runtime
         .block_on(admin.delete_topics(names, &options))
@@ -284,13 +292,10 @@ pub fn client_max_message_bytes(client: &ClientConfig) -> usize {
 /// the brokers do not say (the topic is missing, or describing configs is not allowed).
 pub fn topic_max_message_bytes(kafka: &KafkaConfig, topic: &str) -> Result<Option<usize>, KafkaError> {
     use rdkafka::admin::ResourceSpecifier;
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
-        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| KafkaError::CreateTopic { topic: topic.to_owned(), reason: e.to_string() })?;
+    let (admin, runtime) = admin_session(kafka, |reason| KafkaError::Client {
+        context: format!("reading the configuration of {topic}: {reason}"),
+        source: rdkafka::error::KafkaError::AdminOpCreation(reason),
+    })?;
     let options = AdminOptions::new().request_timeout(Some(kafka.connect_timeout));
     let described = runtime.block_on(admin.describe_configs([&ResourceSpecifier::Topic(topic)], &options));
     let limit = match described {
@@ -327,9 +332,6 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
     if !topics.create {
         return Ok(());
     }
-    let admin: AdminClient<DefaultClientContext> = client_config(kafka)
-        .create()
-        .map_err(|source| KafkaError::Client { context: "creating admin client".into(), source })?;
     let names: Vec<&str> = [
         &topics.flows,
         &topics.alerts,
@@ -360,10 +362,7 @@ pub fn ensure_topics(kafka: &KafkaConfig, topics: &TopicsConfig) -> Result<(), K
             }
         })
         .collect();
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| KafkaError::CreateTopic { topic: names.join(","), reason: e.to_string() })?;
+    let (admin, runtime) = admin_session(kafka, |reason| KafkaError::CreateTopic { topic: names.join(","), reason })?;
     let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
     let started = Instant::now();
     let mut delay = Duration::from_millis(200);
