@@ -140,6 +140,19 @@ impl GraphHistory {
     /// This shard's edges as they were at `at` (ms, rounded down to the tick), filtered. Refused
     /// for a time not yet closed or older than the retention.
     pub fn read(&mut self, at: u64, filter: &GraphFilter) -> Result<Vec<(GraphKey, EdgeState)>, AsOfError> {
+        let at = self.readable(at)?;
+        Ok(read_at(&mut self.trace, at, filter))
+    }
+
+    /// How this shard's edges changed from `from` to `to` (ms, each rounded down to the tick),
+    /// filtered, in one walk of the trace. Refused as [`GraphHistory::read`] refuses either time.
+    pub fn diff(&mut self, from: u64, to: u64, filter: &GraphFilter) -> Result<GraphDiff, AsOfError> {
+        let (from, to) = (self.readable(from)?, self.readable(to)?);
+        Ok(diff_between(&mut self.trace, from, to, filter))
+    }
+
+    /// The epoch a read at `at` answers for, if it is closed and within the retention.
+    fn readable(&mut self, at: u64) -> Result<Epoch, AsOfError> {
         let at = self.epoch_at(at);
         match self.latest {
             Some(latest) if at <= latest => {}
@@ -149,7 +162,7 @@ impl GraphHistory {
         if at < oldest {
             return Err(AsOfError::Expired { at, oldest, retention_ms: self.retention_ms });
         }
-        Ok(read_at(&mut self.trace, at, filter))
+        Ok(at)
     }
 
     /// The updates this shard's trace holds: one per live edge, plus every change of every edge
@@ -172,9 +185,78 @@ impl GraphHistory {
 /// Accumulates the trace's updates at times up to `at` into the edges present then. Exact only
 /// for `at` at or beyond the trace's logical compaction frontier and before its upper.
 pub fn read_at(trace: &mut GraphTrace, at: Epoch, filter: &GraphFilter) -> Vec<(GraphKey, EdgeState)> {
-    let Some(batches) = trace.batches_through(Antichain::new().borrow()) else { return Vec::new() };
-    let (mut cursor, storage) = cursor_list(batches);
     let mut edges = Vec::new();
+    for_each_state(trace, filter, [at], |key, state, [count]| {
+        if count > 0 {
+            edges.push((key.clone(), state.clone()));
+        }
+    });
+    edges
+}
+
+/// How the graph changed between two closed times: what the page's comparison shows.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GraphDiff {
+    /// Edges present at `to` and not at `from`, with their state at `to`.
+    pub added: Vec<(GraphKey, EdgeState)>,
+    /// Edges present at `from` and gone at `to`, with their state at `from`.
+    pub removed: Vec<(GraphKey, EdgeState)>,
+    /// Edges present at both whose windowed volume differs: `(key, state at from, state at to)`.
+    pub changed: Vec<(GraphKey, EdgeState, EdgeState)>,
+}
+
+impl GraphDiff {
+    /// Adds another shard's diff (shards hold disjoint edges) and keeps each list sorted.
+    pub fn merge(&mut self, other: GraphDiff) {
+        self.added.extend(other.added);
+        self.removed.extend(other.removed);
+        self.changed.extend(other.changed);
+        self.added.sort();
+        self.removed.sort();
+        self.changed.sort();
+    }
+}
+
+/// The graph's changes from `from` to `to`, read in one walk of the trace (each edge's states
+/// accumulated at both times at once). Exact under the same conditions as [`read_at`].
+pub fn diff_between(trace: &mut GraphTrace, from: Epoch, to: Epoch, filter: &GraphFilter) -> GraphDiff {
+    let mut diff = GraphDiff::default();
+    // An edge has one state at each time: its states come in value order, so hold the key's two.
+    let mut current: Option<(GraphKey, Option<EdgeState>, Option<EdgeState>)> = None;
+    fn settle(held: Option<(GraphKey, Option<EdgeState>, Option<EdgeState>)>, diff: &mut GraphDiff) {
+        match held {
+            Some((key, None, Some(now))) => diff.added.push((key, now)),
+            Some((key, Some(then), None)) => diff.removed.push((key, then)),
+            Some((key, Some(then), Some(now))) if then.volume != now.volume => diff.changed.push((key, then, now)),
+            _ => {}
+        }
+    }
+    for_each_state(trace, filter, [from, to], |key, state, [then, now]| {
+        if current.as_ref().is_none_or(|(held, _, _)| held != key) {
+            settle(current.replace((key.clone(), None, None)), &mut diff);
+        }
+        let (_, at_from, at_to) = current.as_mut().expect("set above");
+        if then > 0 {
+            *at_from = Some(state.clone());
+        }
+        if now > 0 {
+            *at_to = Some(state.clone());
+        }
+    });
+    settle(current, &mut diff);
+    diff
+}
+
+/// Calls `f` with every `(edge, state)` of the filtered level and its accumulated count at each
+/// of `times` (updates at times up to it), in key order.
+fn for_each_state<const N: usize>(
+    trace: &mut GraphTrace,
+    filter: &GraphFilter,
+    times: [Epoch; N],
+    mut f: impl FnMut(&GraphKey, &EdgeState, [isize; N]),
+) {
+    let Some(batches) = trace.batches_through(Antichain::new().borrow()) else { return };
+    let (mut cursor, storage) = cursor_list(batches);
     // Keys sort by level first: start at the level's first key and stop after its last.
     let first: GraphKey = (filter.level, Name::least(), Name::least(), 0, 0);
     cursor.seek_key(&storage, &first);
@@ -184,21 +266,20 @@ pub fn read_at(trace: &mut GraphTrace, at: Epoch, filter: &GraphFilter) -> Vec<(
         }
         if filter.matches(key) {
             while let Some(state) = cursor.get_val(&storage) {
-                let mut count = 0isize;
+                let mut counts = [0isize; N];
                 cursor.map_times(&storage, |time, diff| {
-                    if *time <= at {
-                        count += *diff;
+                    for (count, at) in counts.iter_mut().zip(times) {
+                        if *time <= at {
+                            *count += *diff;
+                        }
                     }
                 });
-                if count > 0 {
-                    edges.push((key.clone(), state.clone()));
-                }
+                f(key, state, counts);
                 cursor.step_val(&storage);
             }
         }
         cursor.step_key(&storage);
     }
-    edges
 }
 
 #[cfg(test)]
@@ -243,14 +324,19 @@ mod tests {
 
     /// Runs the graph over the scenario epoch by epoch, as the pipeline does, on `workers` workers,
     /// with a [`GraphHistory`] of `retention` epochs per worker. After the epoch `asked_at`, each
-    /// query `(at, filter)` is read on every worker and the shards' answers are merged.
-    fn run(
+    /// query `(asked_at, q)` is answered on every worker by `answer`: one list of answers per worker.
+    fn run_queries<Q, A>(
         scenario: &Scenario,
         until: Epoch,
         retention: Epoch,
         workers: usize,
-        queries: Vec<(Epoch, Epoch, GraphFilter)>,
-    ) -> Vec<Read> {
+        queries: Vec<(Epoch, Q)>,
+        answer: fn(&mut GraphHistory, &Q) -> A,
+    ) -> Vec<Vec<A>>
+    where
+        Q: Clone + Send + Sync + 'static,
+        A: Send + 'static,
+    {
         let scenario = scenario.clone();
         let per_worker = timely::execute(timely::Config::process(workers), move |worker| {
             let (mut contacts, probe, trace) = worker.dataflow::<Epoch, _, _>(|scope| {
@@ -260,7 +346,7 @@ mod tests {
                 (input, probe, graph.trace)
             });
             let mut history = GraphHistory::new(trace, retention, 1);
-            let mut reads = Vec::new();
+            let mut answers = Vec::new();
             for time in 1..=until {
                 contacts.advance_to(time);
                 if worker.index() == 0 {
@@ -273,16 +359,29 @@ mod tests {
                 contacts.flush();
                 worker.step_while(|| probe.less_than(&(time + 1)));
                 history.maintain();
-                for (asked_at, at, filter) in queries.iter().filter(|(asked_at, _, _)| *asked_at == time) {
-                    let _ = asked_at;
-                    reads.push((*at, filter.clone(), history.read(*at, filter)));
+                for (_, query) in queries.iter().filter(|(asked_at, _)| *asked_at == time) {
+                    answers.push(answer(&mut history, query));
                 }
             }
-            reads
+            answers
         })
         .expect("timely runs")
         .join();
-        let mut shards = per_worker.into_iter().map(|r| r.expect("worker finishes"));
+        per_worker.into_iter().map(|r| r.expect("worker finishes")).collect()
+    }
+
+    /// Each query `(asked_at, at, filter)` read on every worker, the shards' answers merged.
+    fn run(
+        scenario: &Scenario,
+        until: Epoch,
+        retention: Epoch,
+        workers: usize,
+        queries: Vec<(Epoch, Epoch, GraphFilter)>,
+    ) -> Vec<Read> {
+        let queries = queries.into_iter().map(|(asked_at, at, filter)| (asked_at, (at, filter))).collect();
+        let read: fn(&mut GraphHistory, &(Epoch, GraphFilter)) -> Read =
+            |history, (at, filter)| (*at, filter.clone(), history.read(*at, filter));
+        let mut shards = run_queries(scenario, until, retention, workers, queries, read).into_iter();
         let mut merged = shards.next().unwrap_or_default();
         for shard in shards {
             for (read, other) in merged.iter_mut().zip(shard) {
@@ -299,6 +398,22 @@ mod tests {
             }
         }
         merged
+    }
+
+    /// The diff from two plain recounts of the window.
+    fn diff_oracle(scenario: &Scenario, from: Epoch, to: Epoch, filter: &GraphFilter) -> GraphDiff {
+        let then: BTreeMap<GraphKey, EdgeState> = oracle(scenario, from, filter).into_iter().collect();
+        let now: BTreeMap<GraphKey, EdgeState> = oracle(scenario, to, filter).into_iter().collect();
+        let mut diff = GraphDiff::default();
+        for (key, state) in &now {
+            match then.get(key) {
+                None => diff.added.push((key.clone(), state.clone())),
+                Some(old) if old.volume != state.volume => diff.changed.push((key.clone(), old.clone(), state.clone())),
+                Some(_) => {}
+            }
+        }
+        diff.removed = then.into_iter().filter(|(key, _)| !now.contains_key(key)).collect();
+        diff
     }
 
     fn contact() -> impl Strategy<Value = (Edge, Epoch, Volume)> {
@@ -342,6 +457,35 @@ mod tests {
             for (at, filter, read) in reads {
                 let read = read.map_err(|e| e.to_string());
                 prop_assert_eq!(read, Ok(oracle(&scenario, at, &filter)), "at epoch {} with {:?}", at, filter);
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(24))]
+        #[test]
+        fn a_diff_between_two_times_matches_two_recounts(
+            contacts in prop::collection::vec(contact(), 0..80),
+            asked in prop::collection::vec((12..48u64, 0..=10u64, 0..=10u64, filters()), 1..8),
+            workers in 1..3usize,
+        ) {
+            let mut scenario = Scenario::new(5);
+            scenario.contacts = contacts;
+            let mut queries: Vec<_> = asked
+                .into_iter()
+                .map(|(asked_at, a, b, filter)| (asked_at, (asked_at - a.max(b), asked_at - a.min(b), filter)))
+                .collect();
+            // Answered as the epochs pass: in the order they are asked.
+            queries.sort_by_key(|(asked_at, _)| *asked_at);
+            let diff: fn(&mut GraphHistory, &(Epoch, Epoch, GraphFilter)) -> Result<GraphDiff, AsOfError> =
+                |history, (from, to, filter)| history.diff(*from, *to, filter);
+            let shards = run_queries(&scenario, 48, 10, workers, queries.clone(), diff);
+            for (i, (_, (from, to, filter))) in queries.iter().enumerate() {
+                let mut merged = GraphDiff::default();
+                for shard in &shards {
+                    merged.merge(shard[i].clone().expect("within the retention"));
+                }
+                prop_assert_eq!(&merged, &diff_oracle(&scenario, *from, *to, filter), "{} → {} with {:?}", from, to, filter);
             }
         }
     }

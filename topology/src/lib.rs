@@ -24,7 +24,7 @@ pub use assets::AssetRecord;
 pub use detectors::{DetectorInputs, DetectorsConfig, Finding, Indicator};
 pub use entity::{Endpoint, EntityResolver, ResolverConfig};
 pub use graph::{Edge, EdgeState, GraphKey, WorkloadEdge};
-pub use graph_history::{AsOfError, GraphArrangement, GraphFilter, GraphHistory, GraphTrace};
+pub use graph_history::{AsOfError, GraphArrangement, GraphDiff, GraphFilter, GraphHistory, GraphTrace};
 pub use lifecycle::{LifecycleConfig, ResumedAlerts};
 pub use name::{ByText, Name};
 pub use peers::PeerGroupsConfig;
