@@ -1,5 +1,9 @@
-//! The graph query API: `GET /graph` answers with the service graph as it is now (the latest
-//! closed epoch) or as it was at a past time within `time.graph_retention`. Trace handles live on
+//! The HTTP server of `peergraph run` (one, on `api.listen`): the activity map page (`/`), the
+//! graph query API, the alerts, `/metrics` and `/health`.
+//!
+//! `GET /graph` answers with the service graph as it is now (the latest closed epoch) or as it
+//! was at a past time within `time.graph_retention`; `GET /graph/diff` with what changed between
+//! two such times; `GET /alerts` with the alerts open (or cleared) at a time. Trace handles live on
 //! the timely workers and are not `Send`, so the HTTP thread sends each query to every worker of
 //! this process over a channel; each worker answers from its shard between steps of its loop, and
 //! the HTTP side merges the shards.
@@ -15,23 +19,25 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use peergraph_schemas::{EdgeLevel, GraphEdge};
+use peergraph_schemas::{Alert, EdgeLevel, GraphEdge};
 use peergraph_topology::graph::graph_edge;
-use peergraph_topology::{AsOfError, EdgeState, Epoch, GraphFilter, GraphHistory, GraphKey, GraphTrace};
+use peergraph_topology::{AsOfError, EdgeState, Epoch, GraphDiff, GraphFilter, GraphHistory, GraphKey, GraphTrace};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::alert_board::{AlertBoard, AlertView};
 use crate::config::Config;
 use crate::metrics::Metrics;
 
-/// One worker's answer: its shard's edges at the time asked.
-type ShardAnswer = Result<Vec<(GraphKey, EdgeState)>, AsOfError>;
+/// One worker's answer: its shard's edges at the time asked, or its shard's diff.
+type ShardAnswer<T> = Result<T, AsOfError>;
 
 /// A query for one worker's shard.
-struct ShardQuery {
-    at: Epoch,
-    filter: GraphFilter,
-    reply: oneshot::Sender<ShardAnswer>,
+enum ShardQuery {
+    /// The edges at `at`.
+    Read { at: Epoch, filter: GraphFilter, reply: oneshot::Sender<ShardAnswer<Vec<(GraphKey, EdgeState)>>> },
+    /// How the edges changed from `from` to `to`.
+    Diff { from: Epoch, to: Epoch, filter: GraphFilter, reply: oneshot::Sender<ShardAnswer<GraphDiff>> },
 }
 
 /// What a worker publishes about its shard after each step.
@@ -60,6 +66,8 @@ pub struct GraphApi {
     retention: Duration,
     timeout: Duration,
     shards: Mutex<BTreeMap<usize, Shard>>,
+    /// The alerts of this process's workers, within the retention.
+    alerts: Mutex<AlertBoard>,
     metrics: Arc<Metrics>,
 }
 
@@ -73,8 +81,17 @@ impl GraphApi {
             retention: config.time.graph_retention,
             timeout: config.api.timeout,
             shards: Mutex::new(BTreeMap::new()),
+            alerts: Mutex::new(AlertBoard::new(config.api.max_alerts, config.time.graph_retention_ms())),
             metrics,
         })
+    }
+
+    /// Adds alert events a worker emitted to the board `GET /alerts` reads.
+    pub fn record_alerts(&self, alerts: &[Alert]) {
+        let mut board = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        for alert in alerts {
+            board.record(alert, &self.metrics);
+        }
     }
 
     /// Gives worker `worker` its side of the API: the returned shard keeps `trace` (a handle on the
@@ -91,9 +108,8 @@ impl GraphApi {
         GraphShard { history, queries: receiver, progress }
     }
 
-    /// Answers one `GET /graph`.
-    async fn query(&self, params: GraphParams) -> Result<GraphAnswer, ApiError> {
-        let filter = params.filter()?;
+    /// The shards and the times they can answer for: `(shards, latest closed, oldest readable)`.
+    fn readable(&self) -> Result<(Vec<mpsc::Sender<ShardQuery>>, Epoch, Epoch), ApiError> {
         let shards: Vec<(mpsc::Sender<ShardQuery>, Arc<ShardProgress>)> = self
             .shards
             .lock()
@@ -105,14 +121,20 @@ impl GraphApi {
             return Err(ApiError::Unavailable("the workers are still starting".into()));
         }
         // Every shard can answer for a time all of them have closed; the oldest readable time is
-        // the furthest any of them has compacted to.
+        // the furthest any of them has compacted to, and after a restart not before the resume
+        // point (the replay had not refilled the window before it).
         let latest = shards.iter().map(|(_, p)| p.latest_plus_one.load(Ordering::Acquire)).min().unwrap_or(0);
         let Some(latest) = latest.checked_sub(1) else {
             return Err(ApiError::Unavailable("no epoch has closed yet: the graph is not final for any time".into()));
         };
         let oldest = shards.iter().map(|(_, p)| p.oldest.load(Ordering::Acquire)).max().unwrap_or(0);
         let resumed_at = shards.iter().map(|(_, p)| p.resumed_at).max().unwrap_or(0);
-        let at = match params.at.as_deref() {
+        Ok((shards.into_iter().map(|(q, _)| q).collect(), latest, oldest.max(resumed_at)))
+    }
+
+    /// The epoch `at=` names (absent or "now": the latest), if it can be read.
+    fn epoch(&self, at: Option<&str>, latest: Epoch, oldest: Epoch) -> Result<Epoch, ApiError> {
+        let at = match at {
             None | Some("") | Some("now") => latest,
             Some(text) => parse_time(text)? / self.tick_ms * self.tick_ms,
         };
@@ -126,19 +148,19 @@ impl GraphApi {
         if at < oldest {
             return Err(self.expired(at, oldest));
         }
-        if at < resumed_at {
-            return Err(ApiError::Expired(format!(
-                "at={} is before this run's resume point after a restart ({}): the graph is complete only from there on",
-                rfc3339(at),
-                rfc3339(resumed_at)
-            )));
-        }
+        Ok(at)
+    }
+
+    /// Sends one query to every shard and waits (up to `api.timeout`) for all their answers.
+    async fn ask<T>(
+        &self,
+        shards: &[mpsc::Sender<ShardQuery>],
+        query: impl Fn(oneshot::Sender<ShardAnswer<T>>) -> ShardQuery,
+    ) -> Result<Vec<T>, ApiError> {
         let mut replies = Vec::with_capacity(shards.len());
-        for (queries, _) in &shards {
+        for queries in shards {
             let (reply, answer) = oneshot::channel();
-            queries
-                .send(ShardQuery { at, filter: filter.clone(), reply })
-                .map_err(|_| ApiError::Unavailable("the pipeline has stopped".into()))?;
+            queries.send(query(reply)).map_err(|_| ApiError::Unavailable("the pipeline has stopped".into()))?;
             replies.push(answer);
         }
         let answers = tokio::time::timeout(self.timeout, async move {
@@ -150,27 +172,94 @@ impl GraphApi {
         })
         .await
         .map_err(|_| ApiError::Timeout(self.timeout))?;
-        let mut edges = Vec::new();
+        let mut shard_answers = Vec::with_capacity(answers.len());
         for answer in answers {
             match answer {
-                Ok(Ok(shard)) => edges.extend(shard),
+                Ok(Ok(shard)) => shard_answers.push(shard),
                 Ok(Err(AsOfError::Expired { at, oldest, .. })) => return Err(self.expired(at, oldest)),
                 Ok(Err(error @ AsOfError::NotClosed { .. })) => return Err(ApiError::NotClosed(error.to_string())),
                 Err(_) => return Err(ApiError::Unavailable("the pipeline is stopping".into())),
             }
         }
+        Ok(shard_answers)
+    }
+
+    /// Answers one `GET /graph`.
+    async fn query(&self, params: GraphParams) -> Result<GraphAnswer, ApiError> {
+        let filter = params.filter()?;
+        let (shards, latest, oldest) = self.readable()?;
+        let at = self.epoch(params.at.as_deref(), latest, oldest)?;
+        let answers = self.ask(&shards, |reply| ShardQuery::Read { at, filter: filter.clone(), reply }).await?;
+        let mut edges: Vec<(GraphKey, EdgeState)> = answers.into_iter().flatten().collect();
         edges.sort();
         Ok(GraphAnswer {
             at_ms: at,
             at: rfc3339(at),
             level: filter.level,
             latest_ms: latest,
-            oldest_ms: oldest.max(resumed_at),
+            oldest_ms: oldest,
             retention_ms: self.retention.as_millis() as u64,
             window_ms: self.window_ms,
             workers: shards.len(),
             peers: self.peers,
             edges: edges.into_iter().map(|(key, state)| graph_edge(key, state, self.window_ms, at)).collect(),
+        })
+    }
+
+    /// Answers one `GET /graph/diff`: computed on each shard from its held-back trace in one
+    /// walk, so only the differences travel.
+    async fn diff(&self, params: DiffParams) -> Result<DiffAnswer, ApiError> {
+        let filter = params.graph.filter()?;
+        let (shards, latest, oldest) = self.readable()?;
+        let Some(from) = params.from.as_deref() else {
+            return Err(ApiError::BadRequest("from= is required (ms since the Unix epoch or RFC 3339)".into()));
+        };
+        let from = self.epoch(Some(from), latest, oldest)?;
+        let to = self.epoch(params.graph.at.as_deref().or(params.to.as_deref()), latest, oldest)?;
+        if from > to {
+            return Err(ApiError::BadRequest(format!("from={} is after to={}", rfc3339(from), rfc3339(to))));
+        }
+        let answers = self.ask(&shards, |reply| ShardQuery::Diff { from, to, filter: filter.clone(), reply }).await?;
+        let mut diff = GraphDiff::default();
+        for shard in answers {
+            diff.merge(shard);
+        }
+        let window_ms = self.window_ms;
+        let record = |(key, state): (GraphKey, EdgeState), at: Epoch| graph_edge(key, state, window_ms, at);
+        Ok(DiffAnswer {
+            from_ms: from,
+            to_ms: to,
+            level: filter.level,
+            latest_ms: latest,
+            oldest_ms: oldest,
+            added: diff.added.into_iter().map(|edge| record(edge, to)).collect(),
+            removed: diff.removed.into_iter().map(|edge| record(edge, from)).collect(),
+            changed: diff
+                .changed
+                .into_iter()
+                .map(|(key, then, now)| Changed { from: record((key.clone(), then), from), to: record((key, now), to) })
+                .collect(),
+        })
+    }
+
+    /// Answers one `GET /alerts`.
+    fn alerts(&self, params: AlertParams) -> Result<AlertsAnswer, ApiError> {
+        let board = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
+        let latest = board.latest_ms().max(0) as Epoch;
+        let at = match params.at.as_deref() {
+            None | Some("") | Some("now") => latest,
+            Some(text) => parse_time(text)?,
+        };
+        let cleared = match params.state.as_deref() {
+            None | Some("open") => false,
+            Some("all") => true,
+            Some(other) => return Err(ApiError::BadRequest(format!("state={other:?}: expected \"open\" or \"all\""))),
+        };
+        Ok(AlertsAnswer {
+            at_ms: at,
+            latest_ms: latest,
+            retention_ms: self.retention.as_millis() as u64,
+            alerts: board.at(at as i64, cleared),
         })
     }
 
@@ -198,9 +287,16 @@ impl GraphShard {
         self.history.maintain();
         self.progress.latest_plus_one.store(self.history.latest().map_or(0, |l| l + 1), Ordering::Release);
         self.progress.oldest.store(self.history.oldest(), Ordering::Release);
+        // The asker may have given up (timeout); then nobody needs the answer.
         while let Ok(query) = self.queries.try_recv() {
-            // The asker may have given up (timeout); then nobody needs the answer.
-            let _ = query.reply.send(self.history.read(query.at, &query.filter));
+            match query {
+                ShardQuery::Read { at, filter, reply } => {
+                    let _ = reply.send(self.history.read(at, &filter));
+                }
+                ShardQuery::Diff { from, to, filter, reply } => {
+                    let _ = reply.send(self.history.diff(from, to, &filter));
+                }
+            }
         }
     }
 }
@@ -241,6 +337,62 @@ impl GraphParams {
         let node = self.node.clone().or_else(|| self.entity.clone()).or_else(|| self.workload.clone());
         Ok(GraphFilter { level, node, namespace: self.namespace.clone() })
     }
+}
+
+/// `GET /graph/diff`'s parameters: `from=` and `to=` (default now), and the graph filters.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct DiffParams {
+    /// The earlier time: ms since the Unix epoch, or RFC 3339 in UTC.
+    pub from: Option<String>,
+    /// The later time; absent or "now": the latest closed epoch.
+    pub to: Option<String>,
+    /// `level=`, `node=`, `entity=`, `workload=`, `namespace=` as for `GET /graph` (`at=` is `to=`).
+    #[serde(flatten)]
+    pub graph: GraphParams,
+}
+
+/// `GET /alerts`' parameters.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertParams {
+    /// ms since the Unix epoch or RFC 3339; absent or "now": the latest alert event's time.
+    pub at: Option<String>,
+    /// "open" (default): the alerts open at `at`; "all": also those cleared by then.
+    pub state: Option<String>,
+}
+
+/// What changed between two times, as `GET /graph/diff` returns it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DiffAnswer {
+    pub from_ms: Epoch,
+    pub to_ms: Epoch,
+    pub level: EdgeLevel,
+    pub latest_ms: Epoch,
+    pub oldest_ms: Epoch,
+    /// Edges present at `to_ms` and not at `from_ms`, as they were at `to_ms`.
+    pub added: Vec<GraphEdge>,
+    /// Edges present at `from_ms` and gone at `to_ms`, as they were at `from_ms`.
+    pub removed: Vec<GraphEdge>,
+    /// Edges present at both whose windowed volume changed.
+    pub changed: Vec<Changed>,
+}
+
+/// One edge whose volume changed: its record at each time.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Changed {
+    pub from: GraphEdge,
+    pub to: GraphEdge,
+}
+
+/// The alerts at one time, as `GET /alerts` returns them.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AlertsAnswer {
+    pub at_ms: Epoch,
+    /// The latest alert event's time this process has seen.
+    pub latest_ms: Epoch,
+    pub retention_ms: u64,
+    /// Open first, then by severity and time.
+    pub alerts: Vec<AlertView>,
 }
 
 /// The graph at one time, as `GET /graph` returns it.
@@ -323,21 +475,46 @@ fn rfc3339(ms: Epoch) -> String {
     humantime::format_rfc3339_millis(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)).to_string()
 }
 
-async fn get_graph(State(api): State<Arc<GraphApi>>, params: Result<Query<GraphParams>, QueryRejection>) -> Response {
-    let started = Instant::now();
-    let result = match params {
-        Ok(Query(params)) => api.query(params).await,
-        Err(rejection) => Err(ApiError::BadRequest(rejection.body_text())),
-    };
+/// Answers a query: its JSON, or the error with its status; counted by outcome and timed.
+fn respond<T: Serialize>(api: &GraphApi, started: Instant, result: Result<T, ApiError>) -> Response {
     let outcome = result.as_ref().map_or_else(ApiError::outcome, |_| "ok");
     api.metrics.graph_query(outcome, started.elapsed().as_secs_f64());
     match result {
         Ok(answer) => Json(answer).into_response(),
         Err(error) => {
-            tracing::debug!(%error, "graph query refused");
+            tracing::debug!(%error, "query refused");
             (error.status(), Json(serde_json::json!({ "error": error.to_string() }))).into_response()
         }
     }
+}
+
+/// The parameters, or a 400 that says what is wrong with them.
+fn params<T>(params: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    params.map(|Query(p)| p).map_err(|rejection| ApiError::BadRequest(rejection.body_text()))
+}
+
+async fn get_graph(State(api): State<Arc<GraphApi>>, query: Result<Query<GraphParams>, QueryRejection>) -> Response {
+    let started = Instant::now();
+    let result = match params(query) {
+        Ok(params) => api.query(params).await,
+        Err(error) => Err(error),
+    };
+    respond(&api, started, result)
+}
+
+async fn get_diff(State(api): State<Arc<GraphApi>>, query: Result<Query<DiffParams>, QueryRejection>) -> Response {
+    let started = Instant::now();
+    let result = match params(query) {
+        Ok(params) => api.diff(params).await,
+        Err(error) => Err(error),
+    };
+    respond(&api, started, result)
+}
+
+async fn get_alerts(State(api): State<Arc<GraphApi>>, query: Result<Query<AlertParams>, QueryRejection>) -> Response {
+    let started = Instant::now();
+    let result = params(query).and_then(|params| api.alerts(params));
+    respond(&api, started, result)
 }
 
 /// The API's HTTP server, on its own thread; stops when dropped.
@@ -365,8 +542,8 @@ impl Drop for ApiServer {
     }
 }
 
-/// Serves `GET /graph` on `listen` from a small tokio runtime on its own thread, so the timely
-/// workers are never blocked by it.
+/// Serves the page, the API, `/metrics` and `/health` on `listen` (`api.listen`) from a small
+/// tokio runtime on its own thread, so the timely workers are never blocked by it.
 pub fn serve(listen: &str, api: Arc<GraphApi>) -> anyhow::Result<ApiServer> {
     use axum::routing::get;
     let addr: SocketAddr =
@@ -374,19 +551,24 @@ pub fn serve(listen: &str, api: Arc<GraphApi>) -> anyhow::Result<ApiServer> {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
     let listener = runtime
         .block_on(tokio::net::TcpListener::bind(addr))
-        .map_err(|e| anyhow::anyhow!("cannot listen for the graph API on {addr}: {e}"))?;
+        .map_err(|e| anyhow::anyhow!("cannot listen on api.listen {addr}: {e}"))?;
     let addr = listener.local_addr()?;
-    let app = axum::Router::new().route("/graph", get(get_graph)).with_state(api);
+    let app = crate::page::routes()
+        .merge(crate::metrics::metrics_routes(api.metrics.registry()))
+        .route("/graph", get(get_graph))
+        .route("/graph/diff", get(get_diff))
+        .route("/alerts", get(get_alerts))
+        .with_state(api);
     let (stop, stopped) = oneshot::channel::<()>();
-    let thread = std::thread::Builder::new().name("graph-api-http".into()).spawn(move || {
+    let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
             let _ = stopped.await;
         });
         if let Err(error) = runtime.block_on(async move { server.await }) {
-            tracing::error!(%error, "graph API stopped");
+            tracing::error!(%error, "HTTP server stopped");
         }
     })?;
-    tracing::info!(%addr, "serving the graph API on /graph");
+    tracing::info!(%addr, "serving the activity map on http://{addr}/ (and /graph, /graph/diff, /alerts, /metrics, /health)");
     Ok(ApiServer { addr, stop: Some(stop), thread: Some(thread) })
 }
 

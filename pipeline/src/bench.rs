@@ -99,7 +99,6 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     // A fresh state topic and group: a benchmark run must not start from an earlier run's history.
     topics.state = format!("{prefix}.state");
     config.input.group_id = format!("{prefix}.pipeline");
-    config.metrics.listen = String::new();
     let mut owned = vec![
         config.topics.alerts.clone(),
         config.topics.service_graph.clone(),

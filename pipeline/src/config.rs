@@ -251,34 +251,37 @@ impl Default for RunConfig {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[metrics]`: nothing left to set. `/metrics` and `/health` are served on `api.listen` with the
+/// page and the API (one HTTP server); a configuration that still sets `metrics.listen` is
+/// refused with a message that says so, rather than quietly listening elsewhere.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address of the HTTP endpoint serving `/metrics` (Prometheus text) and `/health`; empty
-    /// disables it.
-    pub listen: String,
-}
-
-impl Default for MetricsConfig {
-    fn default() -> Self {
-        MetricsConfig { listen: "127.0.0.1:9464".into() }
-    }
+    /// Removed: see `api.listen`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub listen: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ApiConfig {
-    /// Address of the HTTP endpoint serving `GET /graph` (the service graph at a time within
-    /// `time.graph_retention`); empty disables it, and with it the retention and its memory.
+    /// Address of the one HTTP server: the activity map page (`/`), `GET /graph` (the service
+    /// graph at a time within `time.graph_retention`), `GET /graph/diff`, `GET /alerts`,
+    /// `/metrics` (Prometheus) and `/health`. Empty disables it, and with it the graph's
+    /// retention and its memory. `connect` serves its `/metrics` and `/health` here too.
     pub listen: String,
     /// Longest a query waits for the workers' answers before it fails with 504.
     #[serde(with = "humantime_serde")]
     pub timeout: Duration,
+    /// Alert ids the page's alert board holds (open, or cleared within `time.graph_retention`);
+    /// beyond it cleared ones make room, and new ones are refused (counted in
+    /// `peergraph_api_alerts_dropped_total`) while all are open.
+    pub max_alerts: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:9465".into(), timeout: Duration::from_secs(10) }
+        ApiConfig { listen: "127.0.0.1:9465".into(), timeout: Duration::from_secs(10), max_alerts: 10_000 }
     }
 }
 
@@ -325,6 +328,11 @@ impl Config {
         }
         if run.processes > 1 && run.hostfile.is_none() {
             return Err(ConfigError::Invalid("run.hostfile is required when run.processes > 1".into()));
+        }
+        if let Some(listen) = &self.metrics.listen {
+            return Err(ConfigError::Invalid(format!(
+                "metrics.listen ({listen:?}) was removed: /metrics and /health are now served on api.listen (default \"127.0.0.1:9465\") with the page and the graph API; move the address there and delete metrics.listen"
+            )));
         }
         if self.input.max_batch == 0 {
             return Err(ConfigError::Invalid("input.max_batch must be at least 1".into()));

@@ -40,7 +40,6 @@ pub fn demo(mut config: Config, wall: Duration, alerts_file: &Path, stop: Arc<At
     config.simulate.swap.get_or_insert_with(SwapConfig::default);
     config.connect.console = true;
     config.connect.file = Some(alerts_file.to_path_buf());
-    config.metrics.listen = String::new();
     config.validate()?;
 
     let swap = config.simulate.swap.clone().unwrap_or_default();

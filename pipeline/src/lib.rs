@@ -2,6 +2,7 @@
 //! the sensor simulator and its efficacy evaluation, the embedded demo and the benchmark. The binary `peergraph` is a thin
 //! command line over these.
 
+pub mod alert_board;
 pub mod api;
 pub mod bench;
 pub mod config;
@@ -9,6 +10,7 @@ pub mod demo;
 pub mod evaluate;
 pub mod kafka;
 pub mod metrics;
+pub mod page;
 pub mod run;
 pub mod sensor;
 pub mod simulate;

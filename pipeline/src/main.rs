@@ -200,10 +200,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             run.process = args.process.unwrap_or(run.process);
             run.hostfile = args.hostfile.or(run.hostfile.take());
             run.stop_at_end |= args.stop_at_end;
+            // The page, the API, /metrics and /health: one server on api.listen, started by run.
             let metrics = Metrics::new();
-            if !config.metrics.listen.is_empty() {
-                peergraph::metrics::serve(&config.metrics.listen, metrics.clone())?;
-            }
             let report = peergraph::run::run(&config, stop, metrics)?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
@@ -223,10 +221,10 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 println!("healthy sinks: {}", healthy.join(", "));
                 return Ok(());
             }
-            if !config.metrics.listen.is_empty() {
+            if !config.api.listen.is_empty() {
                 let mut registry = prometheus_client::registry::Registry::default();
                 peergraph_connectors::register_metrics(&mut registry);
-                if let Err(error) = peergraph::metrics::serve_registry(&config.metrics.listen, registry) {
+                if let Err(error) = peergraph::metrics::serve_registry(&config.api.listen, registry) {
                     tracing::warn!("{error:#}; connect runs without its metrics endpoint");
                 }
             }

@@ -107,6 +107,12 @@ pub struct Metrics {
     pub graph_queries: Family<OutcomeLabel, Counter>,
     /// How long graph queries took to answer.
     pub graph_query_seconds: QuerySeconds,
+    /// Alerts the API's alert board (`GET /alerts`, the page's panel) could not hold: a new alert
+    /// id while `api.max_alerts` ids were held and none of them was cleared. The alerts topic has
+    /// every event regardless.
+    pub api_alerts_dropped: Counter,
+    /// Alert ids the API's alert board holds (open, or cleared within the retention).
+    pub api_alerts_held: Gauge,
     /// The counts of the exit summary by label (prometheus-client's families cannot be read
     /// back as a whole): refusals by reason, alert events by lifecycle event.
     tallies: Mutex<Tallies>,
@@ -285,27 +291,26 @@ impl Metrics {
             self.graph_queries.clone(),
         );
         registry.register("graph_query_seconds", "Time to answer a graph query", self.graph_query_seconds.0.clone());
+        registry.register(
+            "api_alerts_dropped",
+            "Alert events the API's alert board refused (api.max_alerts ids held, none cleared)",
+            self.api_alerts_dropped.clone(),
+        );
+        registry.register(
+            "api_alerts_held",
+            "Alert ids the API's alert board holds (open, or cleared within time.graph_retention)",
+            self.api_alerts_held.clone(),
+        );
         registry
     }
 }
 
-/// Serves `/metrics` and `/health` on `listen` until the process ends. Runs on its own thread
-/// with a small tokio runtime, so the timely workers are never blocked by it.
-pub fn serve(listen: &str, metrics: Arc<Metrics>) -> anyhow::Result<()> {
-    serve_registry(listen, metrics.registry())
-}
-
-/// Serves `registry` on `/metrics` (and `/health`) at `listen`.
-pub fn serve_registry(listen: &str, registry: Registry) -> anyhow::Result<()> {
+/// `/metrics` (Prometheus text of `registry`) and `/health`: part of every process's one HTTP
+/// server (`api.listen`): `peergraph run`'s beside the page and the graph API, `connect`'s alone.
+pub fn metrics_routes<S: Clone + Send + Sync + 'static>(registry: Registry) -> axum::Router<S> {
     use axum::routing::get;
-    let addr: std::net::SocketAddr =
-        listen.parse().map_err(|e| anyhow::anyhow!("metrics.listen {listen:?} is not an address: {e}"))?;
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let listener = runtime
-        .block_on(tokio::net::TcpListener::bind(addr))
-        .map_err(|e| anyhow::anyhow!("cannot listen for metrics on {addr}: {e}"))?;
     let registry = Arc::new(registry);
-    let app = axum::Router::new()
+    axum::Router::new()
         .route(
             "/metrics",
             get(move || {
@@ -319,10 +324,22 @@ pub fn serve_registry(listen: &str, registry: Registry) -> anyhow::Result<()> {
                 }
             }),
         )
-        .route("/health", get(|| async { "ok\n" }));
-    std::thread::Builder::new().name("metrics-http".into()).spawn(move || {
+        .route("/health", get(|| async { "ok\n" }))
+}
+
+/// Serves `registry` on `/metrics` (and `/health`) at `listen` (`api.listen`) until the process
+/// ends, from its own thread with a small tokio runtime: `connect`'s HTTP server.
+pub fn serve_registry(listen: &str, registry: Registry) -> anyhow::Result<()> {
+    let addr: std::net::SocketAddr =
+        listen.parse().map_err(|e| anyhow::anyhow!("api.listen {listen:?} is not an address: {e}"))?;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let listener = runtime
+        .block_on(tokio::net::TcpListener::bind(addr))
+        .map_err(|e| anyhow::anyhow!("cannot listen on api.listen {addr}: {e}"))?;
+    let app: axum::Router = metrics_routes(registry);
+    std::thread::Builder::new().name("http".into()).spawn(move || {
         if let Err(error) = runtime.block_on(async move { axum::serve(listener, app).await }) {
-            tracing::error!(%error, "metrics endpoint stopped");
+            tracing::error!(%error, "HTTP server stopped");
         }
     })?;
     tracing::info!(%addr, "serving /metrics and /health");

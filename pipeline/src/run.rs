@@ -201,7 +201,7 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
     );
     let guards = timely::execute(timely_config, move |worker| {
         let (config, found, metrics, shutdown, registry, api) = &*shared;
-        run_worker(worker, config, *found, metrics.clone(), shutdown, registry.as_ref(), api.as_deref()).map_err(|e| {
+        run_worker(worker, config, *found, metrics.clone(), shutdown, registry.as_ref(), api.as_ref()).map_err(|e| {
             // A timely cluster is a gang: the other workers of this process stop too, instead of
             // waiting forever for this one's progress.
             shutdown.store(true, Ordering::Relaxed);
@@ -295,7 +295,7 @@ fn run_worker(
     metrics: Arc<Metrics>,
     shutdown: &AtomicBool,
     registry: Option<&Arc<SchemaRegistry>>,
-    api: Option<&GraphApi>,
+    api: Option<&Arc<GraphApi>>,
 ) -> anyhow::Result<RunReport> {
     let index = worker.index();
     let peers = worker.peers();
@@ -374,7 +374,21 @@ fn run_worker(
         let (volumes_in, volumes) = scope.new_collection::<(Name, Epoch), isize>();
         let outputs = build(&topology, Inputs { contacts, assets, indicators, history, volumes });
         let graph_trace = outputs.graph.trace.clone();
-        let produced = produce(outputs.alerts, outputs.graph_changes, Sinks { alerts: alert_sink, graph: graph_sink });
+        // The page's alert board sees every event this worker emits (before the sinks, which
+        // hold back the replay of a restart; the board is new with the process and wants it).
+        let alerts = match api {
+            Some(api) => {
+                use timely::dataflow::operators::Inspect as _;
+                let api = Arc::clone(api);
+                outputs.alerts.inspect_core(move |event| {
+                    if let Ok((_, batch)) = event {
+                        api.record_alerts(batch);
+                    }
+                })
+            }
+            None => outputs.alerts,
+        };
+        let produced = produce(alerts, outputs.graph_changes, Sinks { alerts: alert_sink, graph: graph_sink });
         let (probe, _) = produced.probe();
         // The volume ticks the dataflow derives, for the state topic: the probe covers them, so a
         // commit never passes a tick that has not been handed to the store.

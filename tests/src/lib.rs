@@ -33,7 +33,6 @@ pub fn config(test: &str) -> Config {
     config.topics.state = format!("{prefix}.state");
     config.input.group_id = format!("{prefix}.pipeline");
     config.connect.group_id = format!("{prefix}.connect");
-    config.metrics.listen = String::new();
     config.api.listen = String::new();
     config
 }
