@@ -178,6 +178,14 @@ function render() {
   const alerted = openAlertEntities();
   const { matches, focused } = highlighted();
   const dimming = matches.size > 0 || focused.size > 0;
+  const evidenced = new Set();
+  const selected = state.alerts.find((a) => a.alert_id === state.selectedAlert);
+  if (selected) {
+    const named = Object.values(selected.evidence || {}).flatMap((v) => String(v).split(/[,\s]+/));
+    graph.forEachOutNeighbor(selected.entity, (m) => {
+      if (named.some((v) => v === m || v.startsWith(m + ":"))) evidenced.add(selected.entity + "|" + m);
+    });
+  }
   const settings = {
     defaultEdgeType: "arrow",
     renderEdgeLabels: graph.size <= MAX_LABELLED_EDGES,
@@ -198,6 +206,12 @@ function render() {
       res.color = data.status === "added" ? "#1a9e3a" : data.status === "removed" ? "#e0312b" : data.status === "changed" ? "#e89a1a" : "#b8c0cc";
       if (data.status) res.size = data.size + 1.5;
       if (alerted.has(graph.source(edge)) && !data.status) res.color = "#f08a80";
+      // The selected alert's own evidence: the edge it is about, drawn strongest.
+      if (evidenced.has(graph.source(edge) + "|" + graph.target(edge))) {
+        res.color = "#e0312b";
+        res.size = data.size + 3;
+        res.forceLabel = true;
+      }
       if (dimming && !(focused.has(graph.source(edge)) || matches.has(graph.source(edge)) || matches.has(graph.target(edge)))) res.hidden = true;
       return res;
     },
@@ -285,7 +299,7 @@ function focusOn(focus) {
     const target = focus.entity && graph.hasNode(focus.entity) ? focus.entity : graph.nodes().find((n) => focus.pods && n.startsWith(focus.pods));
     if (target && renderer) {
       const p = renderer.getNodeDisplayData(target);
-      if (p) renderer.getCamera().animate({ x: p.x, y: p.y, ratio: 0.5 }, { duration: 400 });
+      if (p) renderer.getCamera().animate({ x: p.x, y: p.y, ratio: 0.9 }, { duration: 400 });
       showNode(target);
     }
   });
