@@ -53,7 +53,12 @@ pub fn demo(mut config: Config, wall: Duration, alerts_file: &Path, stop: Arc<At
         humantime::format_duration(swap.at + swap.lasting),
         swap.destination,
     );
-    println!("Alerts appear below and in {}.\n", alerts_file.display());
+    println!("Alerts appear below and in {}.", alerts_file.display());
+    let page = (!config.api.listen.is_empty()).then(|| format!("http://{}/", config.api.listen));
+    match &page {
+        Some(page) => println!("The activity map (the service graph, its history and the alerts on it): {page}\n"),
+        None => println!("(api.listen is empty: no activity map page)\n"),
+    }
 
     let stop_run = Arc::new(AtomicBool::new(false));
     let stop_connect = Arc::new(AtomicBool::new(false));
@@ -75,6 +80,22 @@ pub fn demo(mut config: Config, wall: Duration, alerts_file: &Path, stop: Arc<At
         })
     };
 
+    // Next to the first alert on the console, where to see it on the map.
+    let pointer = page.map(|page| {
+        let (file, stop) = (alerts_file.to_path_buf(), stop_connect.clone());
+        // The file is appended to: an alert of this run makes it grow.
+        let before = std::fs::metadata(&file).map_or(0, |m| m.len());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                if std::fs::metadata(&file).is_ok_and(|m| m.len() > before) {
+                    println!("  ↳ see it on the activity map: {page} (click the alert to focus its entity and peers)");
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    });
+
     let simulated = crate::simulate::simulate(&config, &stop);
     // Let the pipeline close the last epochs and the connector deliver what they raised.
     std::thread::sleep(Duration::from_secs(3));
@@ -83,6 +104,9 @@ pub fn demo(mut config: Config, wall: Duration, alerts_file: &Path, stop: Arc<At
     std::thread::sleep(Duration::from_secs(2));
     stop_connect.store(true, Ordering::Relaxed);
     let delivered = connector.join().map_err(|_| anyhow::anyhow!("the connector thread panicked"))?;
+    if let Some(pointer) = pointer {
+        let _ = pointer.join();
+    }
 
     let simulated = simulated?;
     let ran = ran?;

@@ -152,11 +152,10 @@ function rebuild() {
   for (const n of graph.nodes()) graph.setNodeAttribute(n, "degree", graph.degree(n));
   // Settle new nodes; a graph that is mostly placed already needs few iterations.
   if (fresh > 0 && graph.order > 1) {
-    const iterations = graph.order > 3000 ? 15 : fresh > graph.order / 2 ? 120 : 30;
+    const iterations = graph.order > 3000 ? 15 : fresh > graph.order / 2 ? 60 : 20;
     forceAtlas2.assign(graph, { iterations, settings: { ...forceAtlas2.inferSettings(graph), barnesHutOptimize: graph.order > 500 } });
     graph.forEachNode((n, a) => positions.set(n, { x: a.x, y: a.y }));
   }
-  if (renderer) renderer.setSetting("renderEdgeLabels", graph.size <= MAX_LABELLED_EDGES);
 }
 
 function highlighted() {
@@ -174,56 +173,73 @@ function highlighted() {
   return { matches, focused };
 }
 
-function render() {
-  const alerted = openAlertEntities();
+// What the reducers draw, recomputed once per render (not per node): the reducers are set
+// once, so a render is one refresh of the renderer.
+const view = { alerted: new Set(), alertedWorkloads: new Set(), matches: new Set(), focused: new Set(), evidenced: new Set(), dimming: false };
+
+function computeView() {
+  view.alerted = openAlertEntities();
   const { matches, focused } = highlighted();
-  const dimming = matches.size > 0 || focused.size > 0;
-  const evidenced = new Set();
-  const selected = state.alerts.find((a) => a.alert_id === state.selectedAlert);
-  if (selected) {
-    const named = Object.values(selected.evidence || {}).flatMap((v) => String(v).split(/[,\s]+/));
-    graph.forEachOutNeighbor(selected.entity, (m) => {
-      if (named.some((v) => v === m || v.startsWith(m + ":"))) evidenced.add(selected.entity + "|" + m);
+  view.matches = matches;
+  view.focused = focused;
+  view.dimming = matches.size > 0 || focused.size > 0;
+  view.alertedWorkloads = new Set();
+  if (view.alerted.size) {
+    graph.forEachNode((n, a) => {
+      const prefix = a.kind === "workload" && podsOf(n);
+      if (prefix && [...view.alerted].some((e) => e.startsWith(prefix))) view.alertedWorkloads.add(n);
     });
   }
-  const settings = {
-    defaultEdgeType: "arrow",
-    renderEdgeLabels: graph.size <= MAX_LABELLED_EDGES,
-    labelRenderedSizeThreshold: 5,
-    nodeReducer: (node, data) => {
-      const res = { ...data };
-      if (alerted.has(node) || (data.kind === "workload" && [...alerted].some((a) => podsOf(node) && a.startsWith(podsOf(node))))) {
-        res.color = "#e0312b";
-        res.size = data.size + 3;
-        res.forceLabel = true;
-      }
-      if (matches.has(node) || focused.has(node)) res.forceLabel = true;
-      else if (dimming) res.color = "#d5d9e0";
-      return res;
-    },
-    edgeReducer: (edge, data) => {
-      const res = { ...data };
-      res.color = data.status === "added" ? "#1a9e3a" : data.status === "removed" ? "#e0312b" : data.status === "changed" ? "#e89a1a" : "#b8c0cc";
-      if (data.status) res.size = data.size + 1.5;
-      if (alerted.has(graph.source(edge)) && !data.status) res.color = "#f08a80";
-      // The selected alert's own evidence: the edge it is about, drawn strongest.
-      if (evidenced.has(graph.source(edge) + "|" + graph.target(edge))) {
-        res.color = "#e0312b";
-        res.size = data.size + 3;
-        res.forceLabel = true;
-      }
-      if (dimming && !(focused.has(graph.source(edge)) || matches.has(graph.source(edge)) || matches.has(graph.target(edge)))) res.hidden = true;
-      return res;
-    },
-  };
+  view.evidenced = new Set();
+  const selected = state.alerts.find((a) => a.alert_id === state.selectedAlert);
+  if (selected && graph.hasNode(selected.entity)) {
+    const named = Object.values(selected.evidence || {}).flatMap((v) => String(v).split(/[,\s]+/));
+    graph.forEachOutNeighbor(selected.entity, (m) => {
+      if (named.some((v) => v === m || v.startsWith(m + ":"))) view.evidenced.add(selected.entity + "|" + m);
+    });
+  }
+}
+
+function nodeReducer(node, data) {
+  const res = { ...data };
+  if (view.alerted.has(node) || view.alertedWorkloads.has(node)) {
+    res.color = "#e0312b";
+    res.size = data.size + 3;
+    res.forceLabel = true;
+  }
+  if (view.matches.has(node) || view.focused.has(node)) res.forceLabel = true;
+  else if (view.dimming) res.color = "#d5d9e0";
+  return res;
+}
+
+function edgeReducer(edge, data) {
+  const res = { ...data };
+  const src = graph.source(edge);
+  const dst = graph.target(edge);
+  res.color = data.status === "added" ? "#1a9e3a" : data.status === "removed" ? "#e0312b" : data.status === "changed" ? "#e89a1a" : "#b8c0cc";
+  if (data.status) res.size = data.size + 1.5;
+  if (view.alerted.has(src) && !data.status) res.color = "#f08a80";
+  // The selected alert's own evidence: the edge it is about, drawn strongest.
+  if (view.evidenced.has(src + "|" + dst)) {
+    res.color = "#e0312b";
+    res.size = data.size + 3;
+    res.forceLabel = true;
+  }
+  if (view.dimming && !(view.focused.has(src) || view.matches.has(src) || view.matches.has(dst))) res.hidden = true;
+  return res;
+}
+
+function render() {
+  computeView();
+  const labels = graph.size <= MAX_LABELLED_EDGES;
   if (!renderer) {
-    renderer = new Sigma(graph, $("map"), settings);
+    renderer = new Sigma(graph, $("map"), { defaultEdgeType: "arrow", renderEdgeLabels: labels, labelRenderedSizeThreshold: 5, nodeReducer, edgeReducer });
     renderer.on("clickNode", ({ node }) => showNode(node));
     renderer.on("clickStage", () => {
       $("node-panel").hidden = true;
     });
   } else {
-    for (const [k, v] of Object.entries(settings)) renderer.setSetting(k, v);
+    if (renderer.getSetting("renderEdgeLabels") !== labels) renderer.setSetting("renderEdgeLabels", labels);
     renderer.refresh();
   }
   state.renders++;
@@ -384,7 +400,8 @@ $("search").oninput = (e) => {
   const hit = q && graph.nodes().find((n) => n.toLowerCase().includes(q));
   if (hit && renderer) {
     const p = renderer.getNodeDisplayData(hit);
-    if (p) renderer.getCamera().animate({ x: p.x, y: p.y, ratio: 0.6 }, { duration: 300 });
+    // A large graph redraws slowly without a GPU: move there at once rather than animate.
+    if (p) renderer.getCamera().animate({ x: p.x, y: p.y, ratio: 0.6 }, { duration: graph.order > 3000 ? 0 : 300 });
   }
 };
 window.addEventListener("error", (e) => state.errors.push(String(e.message)));
@@ -409,6 +426,7 @@ function fromHash() {
 }
 fromHash();
 window.peergraph.refresh = refresh;
+window.peergraph.render = render;
 window.peergraph.focusAlert = (id) => {
   const li = [...document.querySelectorAll("#alerts li")].find((l) => l.dataset.alertId === id);
   if (li) li.click();
