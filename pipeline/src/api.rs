@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 
 use crate::alert_board::{AlertBoard, AlertView};
 use crate::config::Config;
+use crate::directory::{EntitiesAnswer, EntityDirectory};
 use crate::metrics::Metrics;
 
 /// One worker's answer: its shard's edges at the time asked, or its shard's diff.
@@ -68,6 +69,8 @@ pub struct GraphApi {
     shards: Mutex<BTreeMap<usize, Shard>>,
     /// The alerts of this process's workers, within the retention.
     alerts: Mutex<AlertBoard>,
+    /// The labelled entities this process's workers have seen.
+    directory: Arc<EntityDirectory>,
     metrics: Arc<Metrics>,
 }
 
@@ -82,8 +85,14 @@ impl GraphApi {
             timeout: config.api.timeout,
             shards: Mutex::new(BTreeMap::new()),
             alerts: Mutex::new(AlertBoard::new(config.api.max_alerts, config.time.graph_retention_ms())),
+            directory: Arc::new(EntityDirectory::new(config.api.max_entities)),
             metrics,
         })
+    }
+
+    /// The entity directory the workers' sources fill.
+    pub fn directory(&self) -> Arc<EntityDirectory> {
+        Arc::clone(&self.directory)
     }
 
     /// Adds alert events a worker emitted to the board `GET /alerts` reads.
@@ -361,6 +370,18 @@ pub struct AlertParams {
     pub state: Option<String>,
 }
 
+/// `GET /entities`' parameters.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EntityParams {
+    /// Part of a name, a workload or a `key=value` label, any case; absent: every entity.
+    pub q: Option<String>,
+    /// Only the replicas of this workload.
+    pub workload: Option<String>,
+    /// At most this many (default 1,000, at most 10,000).
+    pub limit: Option<usize>,
+}
+
 /// What changed between two times, as `GET /graph/diff` returns it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DiffAnswer {
@@ -511,6 +532,18 @@ async fn get_diff(State(api): State<Arc<GraphApi>>, query: Result<Query<DiffPara
     respond(&api, started, result)
 }
 
+async fn get_entities(
+    State(api): State<Arc<GraphApi>>,
+    query: Result<Query<EntityParams>, QueryRejection>,
+) -> Response {
+    let started = Instant::now();
+    let result = params(query).map(|params| -> EntitiesAnswer {
+        let limit = params.limit.unwrap_or(1_000).min(10_000);
+        api.directory.search(params.q.as_deref().unwrap_or(""), params.workload.as_deref(), limit)
+    });
+    respond(&api, started, result)
+}
+
 async fn get_alerts(State(api): State<Arc<GraphApi>>, query: Result<Query<AlertParams>, QueryRejection>) -> Response {
     let started = Instant::now();
     let result = params(query).and_then(|params| api.alerts(params));
@@ -558,6 +591,7 @@ pub fn serve(listen: &str, api: Arc<GraphApi>) -> anyhow::Result<ApiServer> {
         .route("/graph", get(get_graph))
         .route("/graph/diff", get(get_diff))
         .route("/alerts", get(get_alerts))
+        .route("/entities", get(get_entities))
         .with_state(api);
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new().name("http".into()).spawn(move || {
@@ -568,7 +602,7 @@ pub fn serve(listen: &str, api: Arc<GraphApi>) -> anyhow::Result<ApiServer> {
             tracing::error!(%error, "HTTP server stopped");
         }
     })?;
-    tracing::info!(%addr, "serving the activity map on http://{addr}/ (and /graph, /graph/diff, /alerts, /metrics, /health)");
+    tracing::info!(%addr, "serving the activity map on http://{addr}/ (and /graph, /graph/diff, /alerts, /entities, /metrics, /health)");
     Ok(ApiServer { addr, stop: Some(stop), thread: Some(thread) })
 }
 

@@ -277,11 +277,20 @@ pub struct ApiConfig {
     /// beyond it cleared ones make room, and new ones are refused (counted in
     /// `peergraph_api_alerts_dropped_total`) while all are open.
     pub max_alerts: usize,
+    /// Labelled entities (pods with their workload and labels, as the sensors report them) the
+    /// entity directory holds for the page's search by label and drill-down; beyond it new ones
+    /// are refused, counted in `peergraph_api_entities_dropped_total`.
+    pub max_entities: usize,
 }
 
 impl Default for ApiConfig {
     fn default() -> Self {
-        ApiConfig { listen: "127.0.0.1:9465".into(), timeout: Duration::from_secs(10), max_alerts: 10_000 }
+        ApiConfig {
+            listen: "127.0.0.1:9465".into(),
+            timeout: Duration::from_secs(10),
+            max_alerts: 10_000,
+            max_entities: 200_000,
+        }
     }
 }
 

@@ -7,6 +7,7 @@ pub mod api;
 pub mod bench;
 pub mod config;
 pub mod demo;
+pub mod directory;
 pub mod evaluate;
 pub mod kafka;
 pub mod metrics;

@@ -113,6 +113,11 @@ pub struct Metrics {
     pub api_alerts_dropped: Counter,
     /// Alert ids the API's alert board holds (open, or cleared within the retention).
     pub api_alerts_held: Gauge,
+    /// Labelled entities the entity directory (`GET /entities`, the page's search by label)
+    /// refused: new ones while `api.max_entities` were held.
+    pub api_entities_dropped: Counter,
+    /// Labelled entities the entity directory holds.
+    pub api_entities_held: Gauge,
     /// The counts of the exit summary by label (prometheus-client's families cannot be read
     /// back as a whole): refusals by reason, alert events by lifecycle event.
     tallies: Mutex<Tallies>,
@@ -300,6 +305,16 @@ impl Metrics {
             "api_alerts_held",
             "Alert ids the API's alert board holds (open, or cleared within time.graph_retention)",
             self.api_alerts_held.clone(),
+        );
+        registry.register(
+            "api_entities_dropped",
+            "Labelled entities the entity directory refused (api.max_entities held)",
+            self.api_entities_dropped.clone(),
+        );
+        registry.register(
+            "api_entities_held",
+            "Labelled entities the entity directory holds",
+            self.api_entities_held.clone(),
         );
         registry
     }

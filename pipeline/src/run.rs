@@ -312,8 +312,18 @@ fn run_worker(
     let outbox = Rc::new(Outbox::new(&producer_client)?);
     let adapter = config.adapter(registry)?;
     let share = Share { index, workers: peers, all_partitions: partitions };
-    let mut source =
-        FlowSource::open(config, &client, share, adapter, outbox.clone(), metrics.clone(), dead_letter_limit)?;
+    // With the HTTP server, the source reports labelled entities to the page's directory.
+    let directory = api.map(|api| api.directory());
+    let mut source = FlowSource::open(
+        config,
+        &client,
+        share,
+        adapter,
+        outbox.clone(),
+        metrics.clone(),
+        dead_letter_limit,
+        directory,
+    )?;
     let resume = source.resume();
     // What a previous run persisted (this worker's share of the history, the open alerts), read
     // before any flow.

@@ -75,7 +75,7 @@ fn connect_check_builds_and_checks_every_sink_without_kafka() {
     let output = peergraph()
         .args(["connect", "--check", "--no-console", "--file"])
         .arg(&alerts)
-        .env("PEERGRAPH__METRICS__LISTEN", "")
+        .env("PEERGRAPH__API__LISTEN", "")
         .output()
         .expect("run peergraph connect --check");
     let stdout = String::from_utf8_lossy(&output.stdout);

@@ -46,6 +46,17 @@ try {
   check(nodes.includes(workload), `the workload-level map has ${workload} (${nodes.length} nodes)`);
   check(nodes.filter((n) => n.startsWith("workload:")).length >= 2, "it shows the environment's workloads");
 
+  // Search by label: the directory finds the workload's pods by their `app` label.
+  await page.type("#search", "app=web");
+  await page.waitForFunction((w) => window.peergraph.state.labelMatches.some((e) => e.workload === w), { timeout: 10000 }, workload);
+  const found = await page.evaluate(() => window.peergraph.state.labelMatches.length);
+  check(found >= 2, `searching "app=web" finds the workload's pods by label (${found})`);
+  await page.evaluate(() => {
+    const input = document.getElementById("search");
+    input.value = "";
+    input.dispatchEvent(new Event("input"));
+  });
+
   // 2. The swapped replica's alert is on the map and in the panel.
   const selector = `#alerts li.open[data-entity="${entity}"]`;
   await page.waitForSelector(selector, { timeout: 30000 });

@@ -91,6 +91,15 @@ fn the_activity_map_shows_the_swapped_replica_its_alert_and_what_changed() {
     assert!(status == 200 && metrics.contains("peergraph_graph_queries_total"), "{status}: {metrics}");
     assert_eq!(get(&runtime, &format!("{base}/health")), (200, "ok\n".to_owned()));
 
+    // The entity directory: the workload's replicas as the sensors labelled them.
+    let (status, body) = get(&runtime, &format!("{base}/entities?workload={WORKLOAD}"));
+    assert_eq!(status, 200, "{body}");
+    let entities: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    let replicas = entities["entities"].as_array().expect("entities");
+    assert_eq!(replicas.len(), 4, "the four web replicas: {body}");
+    assert!(replicas.iter().all(|e| e["labels"]["app"] == "web"), "{body}");
+    assert!(replicas.iter().any(|e| e["entity"] == label.entity.as_str()), "{body}");
+
     // The diff from before the swap to during it, at entity level around the replica: the edge
     // to the C2 address is new, and it is the replica's only new edge.
     let (status, body) =

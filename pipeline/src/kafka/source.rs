@@ -25,6 +25,7 @@ use super::outbox::Outbox;
 use super::state::{Checkpoint, Resume};
 use super::KafkaError;
 use crate::config::{Config, LatePolicy};
+use crate::directory::{DirectoryFeed, EntityDirectory};
 use crate::metrics::Metrics;
 
 /// Per-batch pre-aggregation: every flow of a poll batch with the same edge and epoch becomes one
@@ -163,6 +164,8 @@ struct Intake {
     ahead_sensors: HashSet<String>,
     /// Earliest epoch of an accepted flow (or restored from the checkpoints).
     observed_since: Option<Epoch>,
+    /// With the HTTP server: the labelled entities of accepted flows, for the page's directory.
+    directory: Option<(Arc<EntityDirectory>, DirectoryFeed)>,
 }
 
 /// Most sensor ids labelled in the metric of flows ahead of their partition.
@@ -266,6 +269,7 @@ impl FlowSource {
         outbox: Rc<Outbox>,
         metrics: Arc<Metrics>,
         dead_letter_limit: Option<usize>,
+        directory: Option<Arc<EntityDirectory>>,
     ) -> Result<FlowSource, KafkaError> {
         let (partitions, all_partitions, workers) = (share.partitions(), share.all_partitions, share.workers);
         let topic = config.topics.flows.clone();
@@ -391,6 +395,7 @@ impl FlowSource {
                 support: config.input.skew_support,
             },
             ahead_sensors: HashSet::new(),
+            directory: directory.map(|d| (d, DirectoryFeed::new(config.api.max_entities))),
         };
         let topic_c = std::ffi::CString::new(config.topics.flows.as_str()).map_err(|_| KafkaError::Client {
             context: format!("the flows topic name {:?} holds a NUL byte", config.topics.flows),
@@ -461,6 +466,9 @@ impl FlowSource {
             }
         }
         self.refresh_ends();
+        if let Some((directory, feed)) = self.intake.directory.as_mut() {
+            feed.flush(directory, &self.intake.metrics);
+        }
         if read > 0 {
             self.intake.messages += read as u64;
             self.intake.metrics.messages_consumed.inc_by(read as u64);
@@ -673,6 +681,10 @@ impl Intake {
         if !self.destinations.admit(&src.entity, dst.node(), epoch) {
             self.metrics.destinations_capped.inc();
             dst = Endpoint::overflow();
+        }
+        if let Some((_, feed)) = self.directory.as_mut() {
+            feed.observe(&src, flow.src_meta.as_ref());
+            feed.observe(&dst, flow.dst_meta.as_ref());
         }
         let edge = Edge {
             src,

@@ -23,6 +23,7 @@ const state = {
   focus: null, // { entity, group } while an alert is focused
   selectedAlert: null,
   search: "",
+  labelMatches: [], // entities the directory matched by label, name or workload (GET /entities)
   edges: [],
   diff: null,
   alerts: [],
@@ -162,11 +163,15 @@ function highlighted() {
   const q = state.search.trim().toLowerCase();
   const matches = new Set();
   if (q) graph.forEachNode((n) => n.toLowerCase().includes(q) && matches.add(n));
+  for (const entity of state.labelMatches) {
+    if (graph.hasNode(entity.entity)) matches.add(entity.entity);
+    if (entity.workload && graph.hasNode(entity.workload)) matches.add(entity.workload);
+  }
   const focus = state.focus;
   const focused = new Set();
   if (focus) {
     graph.forEachNode((n) => {
-      if (n === focus.entity || n === focus.group || (focus.pods && n.startsWith(focus.pods))) focused.add(n);
+      if (n === focus.entity || n === focus.group || focus.members.has(n) || (focus.members.size === 0 && focus.pods && n.startsWith(focus.pods))) focused.add(n);
     });
     for (const n of [...focused]) graph.forEachOutNeighbor(n, (m) => focused.add(m));
   }
@@ -183,13 +188,9 @@ function computeView() {
   view.matches = matches;
   view.focused = focused;
   view.dimming = matches.size > 0 || focused.size > 0;
-  view.alertedWorkloads = new Set();
-  if (view.alerted.size) {
-    graph.forEachNode((n, a) => {
-      const prefix = a.kind === "workload" && podsOf(n);
-      if (prefix && [...view.alerted].some((e) => e.startsWith(prefix))) view.alertedWorkloads.add(n);
-    });
-  }
+  // A workload node is marked when one of its replicas has an open alert (the alert names its
+  // peer group).
+  view.alertedWorkloads = new Set(state.alerts.filter((a) => a.open && a.peer_group).map((a) => a.peer_group));
   view.evidenced = new Set();
   const selected = state.alerts.find((a) => a.alert_id === state.selectedAlert);
   if (selected && graph.hasNode(selected.entity)) {
@@ -266,9 +267,17 @@ function showNode(node) {
   if (kind(node) === "workload" && state.level === "workload") rows.push(`<p><button class="link" id="drill">show its pods</button></p>`);
   rows.push(`<h3>out (${out.length})</h3><table>${out.map((e) => row(e, e.dst)).join("")}</table>`);
   rows.push(`<h3>in (${inn.length})</h3><table>${inn.map((e) => row(e, e.src)).join("")}</table>`);
-  const alerts = state.alerts.filter((a) => a.entity === node || (podsOf(node) && a.entity.startsWith(podsOf(node))));
+  const alerts = state.alerts.filter((a) => a.entity === node || a.peer_group === node);
   if (alerts.length) rows.push(`<h3>alerts</h3><ul>${alerts.map((a) => `<li>${esc(a.detector)}: ${esc(a.summary)}</li>`).join("")}</ul>`);
   $("node-body").innerHTML = rows.join("");
+  getJson(`entities?q=${encodeURIComponent(node)}&limit=20`)
+    .then((answer) => {
+      const info = answer.entities.find((e) => e.entity === node);
+      if (!info || $("node-title").textContent !== node) return;
+      const labels = Object.entries(info.labels).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(", ");
+      $("node-body").insertAdjacentHTML("afterbegin", `<p>${info.workload ? "workload " + esc(info.workload) + "; " : ""}labels: ${labels || "none"}</p>`);
+    })
+    .catch(() => {});
   const drill = $("drill");
   if (drill) drill.onclick = () => focusOn({ entity: null, group: node, pods: podsOf(node), namespace: namespaceOf(node) });
 }
@@ -301,8 +310,20 @@ function renderAlerts() {
   }
 }
 
+// The replicas of a workload as the sensors reported them (the entity directory).
+async function membersOf(workload) {
+  if (!workload || !workload.startsWith("workload:")) return new Set();
+  try {
+    const answer = await getJson(`entities?workload=${encodeURIComponent(workload)}&limit=10000`);
+    return new Set(answer.entities.map((e) => e.entity));
+  } catch (error) {
+    return new Set();
+  }
+}
+
 // Focuses an entity and its peer group: the entity level of its namespace, at the alert's time.
-function focusOn(focus) {
+async function focusOn(focus) {
+  focus.members = await membersOf(focus.group);
   state.focus = focus;
   state.level = "entity";
   $("level").value = "entity";
@@ -312,7 +333,7 @@ function focusOn(focus) {
     state.at = Math.floor(focus.at / 1000) * 1000;
   }
   refresh().then(() => {
-    const target = focus.entity && graph.hasNode(focus.entity) ? focus.entity : graph.nodes().find((n) => focus.pods && n.startsWith(focus.pods));
+    const target = focus.entity && graph.hasNode(focus.entity) ? focus.entity : graph.nodes().find((n) => focus.members.has(n) || (focus.pods && n.startsWith(focus.pods)));
     if (target && renderer) {
       const p = renderer.getNodeDisplayData(target);
       if (p) renderer.getCamera().animate({ x: p.x, y: p.y, ratio: 0.9 }, { duration: 400 });
@@ -393,8 +414,22 @@ $("from").oninput = (e) => {
 };
 $("from").onchange = () => refresh();
 $("show-cleared").onchange = () => renderAlerts();
+let searchTimer = null;
 $("search").oninput = (e) => {
   state.search = e.target.value;
+  clearTimeout(searchTimer);
+  const asked = state.search.trim();
+  state.labelMatches = [];
+  if (asked.length >= 2) {
+    searchTimer = setTimeout(async () => {
+      try {
+        state.labelMatches = (await getJson(`entities?q=${encodeURIComponent(asked)}&limit=2000`)).entities;
+      } catch (error) {
+        state.labelMatches = [];
+      }
+      if (state.search.trim() === asked) render();
+    }, 250);
+  }
   render();
   const q = state.search.trim().toLowerCase();
   const hit = q && graph.nodes().find((n) => n.toLowerCase().includes(q));
