@@ -519,6 +519,17 @@ mod tests {
         assert!(shown.contains("<redacted>"));
     }
 
+    /// `/metrics` moved to the one HTTP server: an old `metrics.listen` is refused, naming `api.listen`.
+    #[test]
+    fn the_removed_metrics_listen_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.toml");
+        std::fs::write(&path, "[metrics]\nlisten = \"0.0.0.0:9464\"\n").unwrap();
+        let error = Config::load(Some(&path)).and_then(|c| c.validate().map(|()| c)).unwrap_err().to_string();
+        assert!(error.contains("metrics.listen") && error.contains("api.listen"), "{error}");
+        assert!(Config::default().validate().is_ok());
+    }
+
     /// Row 10 of docs/reliability.md: credentials inside URLs and in header values were printed.
     #[test]
     fn config_print_redacts_url_user_info_and_credential_headers() {
