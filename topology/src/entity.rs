@@ -17,7 +17,8 @@ use crate::name::Name;
 /// A resolved flow endpoint.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Endpoint {
-    /// "pod:<namespace>/<pod>", "host:<addr>" or "ext:<addr>".
+    /// "pod:<namespace>/<pod>", "host:<addr>", "ext:<addr>", or for the special addresses
+    /// "mcast:<addr>", "bcast:<addr>", "unspec:<addr>" (see [`AddressClass`]).
     pub entity: Name,
     /// "workload:<namespace>/<kind>/<name>" when the endpoint is a replica of a workload;
     /// "ext-group:<name>" when it is an external address in an external group.
@@ -34,6 +35,44 @@ pub const EXTERNAL_GROUP_PREFIX: &str = "ext-group:";
 /// external group (`ext-group:<name>`).
 pub fn is_external_node(node: &str) -> bool {
     node.starts_with("ext:") || node.starts_with(EXTERNAL_GROUP_PREFIX)
+}
+
+/// Addresses that are neither a host nor an external peer: a multicast group (IPv4 224.0.0.0/4,
+/// IPv6 ff00::/8: neighbour discovery's solicited-node groups, mDNS, SSDP...), the limited
+/// broadcast address (255.255.255.255) and the unspecified address (0.0.0.0, `::`, a DHCP client
+/// before it has an address). They keep their own entity, `<class>:<addr>`, and no detector takes
+/// them for a destination a host chose: every host talks to a different solicited-node group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AddressClass {
+    Multicast,
+    Broadcast,
+    Unspecified,
+}
+
+impl AddressClass {
+    /// The class of `ip`, if it is special.
+    pub fn of(ip: IpAddr) -> Option<AddressClass> {
+        match ip {
+            _ if ip.is_multicast() => Some(AddressClass::Multicast),
+            _ if ip.is_unspecified() => Some(AddressClass::Unspecified),
+            IpAddr::V4(v4) if v4.is_broadcast() => Some(AddressClass::Broadcast),
+            _ => None,
+        }
+    }
+
+    /// The entity prefix of the class.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            AddressClass::Multicast => "mcast:",
+            AddressClass::Broadcast => "bcast:",
+            AddressClass::Unspecified => "unspec:",
+        }
+    }
+}
+
+/// Whether a node is a special address (see [`AddressClass`]).
+pub fn is_special_node(node: &str) -> bool {
+    ["mcast:", "bcast:", "unspec:"].iter().any(|prefix| node.starts_with(prefix))
 }
 
 impl Endpoint {
@@ -60,6 +99,11 @@ impl Endpoint {
     /// Whether the endpoint is an external address (grouped or not).
     pub fn is_external(&self) -> bool {
         self.entity.starts_with("ext:")
+    }
+
+    /// Whether the endpoint is a multicast group, the broadcast or the unspecified address.
+    pub fn is_special(&self) -> bool {
+        is_special_node(&self.entity)
     }
 
     /// The name of the external group this endpoint's address is in, if any.
@@ -230,8 +274,8 @@ impl EntityResolver {
     }
 
     /// The endpoint of a flow's address with its sensor metadata: a pod when the metadata names
-    /// one, else `host:<addr>` on an internal network, else `ext:<addr>` (in its external group,
-    /// if any). The address is parsed once and looked up in prefix tables; the names are
+    /// one, else a special address's class (`mcast:<addr>`, ...; see [`AddressClass`]), else
+    /// `host:<addr>` on an internal network, else `ext:<addr>` (in its external group, if any). The address is parsed once and looked up in prefix tables; the names are
     /// interned, so a name this thread has seen recently costs no allocation.
     pub fn resolve(&self, addr: &str, meta: Option<&EndpointMeta>) -> Endpoint {
         if let Some(meta) = meta {
@@ -244,6 +288,10 @@ impl EntityResolver {
             }
         }
         match addr.parse::<IpAddr>() {
+            Ok(ip) if AddressClass::of(ip).is_some() => {
+                let class = AddressClass::of(ip).expect("checked");
+                Endpoint { entity: Name::joined(&[class.prefix(), addr]), workload: None }
+            }
             Ok(ip) if self.is_internal_ip(ip) => Endpoint { entity: Name::joined(&["host:", addr]), workload: None },
             Ok(ip) => Endpoint { entity: Name::joined(&["ext:", addr]), workload: self.external_group(ip).cloned() },
             Err(_) => Endpoint { entity: Name::joined(&["ext:", addr]), workload: None },
@@ -283,6 +331,27 @@ mod tests {
         assert_eq!(r.resolve("fd00::1", None).entity, "host:fd00::1");
         assert_eq!(r.resolve("203.0.113.66", None).entity, "ext:203.0.113.66");
         assert!(r.resolve("203.0.113.66", None).is_external());
+    }
+
+    /// Issue 12: `ext:ff02::1:ff00:2c6` (a solicited-node multicast group) was alerted as a
+    /// peer-unique destination.
+    #[test]
+    fn multicast_broadcast_and_unspecified_addresses_have_their_own_class() {
+        let r = EntityResolver::default();
+        for (addr, entity) in [
+            ("ff02::1:ff00:2c6", "mcast:ff02::1:ff00:2c6"),
+            ("224.0.0.251", "mcast:224.0.0.251"),
+            ("239.255.255.250", "mcast:239.255.255.250"),
+            ("255.255.255.255", "bcast:255.255.255.255"),
+            ("0.0.0.0", "unspec:0.0.0.0"),
+            ("::", "unspec:::"),
+        ] {
+            let end = r.resolve(addr, None);
+            assert_eq!(end.entity, entity);
+            assert!(end.is_special() && !end.is_external() && end.workload.is_none(), "{addr}");
+        }
+        assert!(!r.resolve("fe80::1", None).is_special(), "link-local unicast is an internal host");
+        assert!(!r.resolve("10.0.0.255", None).is_special(), "a subnet's broadcast cannot be told from a host");
     }
 
     fn group(name: &str, networks: &[&str]) -> ExternalGroup {

@@ -50,6 +50,19 @@ pub fn profile_group(services: &[(u16, u8)]) -> Name {
     Name::joined(&[PROFILE_GROUP_PREFIX, &names.join(",")])
 }
 
+/// Whether `edge` shows its destination answering a service that can profile it: an unlabelled
+/// internal host (not external, not a multicast, broadcast or unspecified address, not the
+/// overflow) on a port of TCP, UDP or SCTP. ICMP and ICMPv6 "ports" are message types every host
+/// answers (echo, IPv6 neighbour discovery): they say nothing of what the host serves.
+pub fn answers_a_service(edge: &Edge) -> bool {
+    let ported = !matches!(edge.protocol, 1 | 58);
+    ported
+        && edge.dst.workload.is_none()
+        && !edge.dst.is_external()
+        && !edge.dst.is_special()
+        && !edge.dst.is_overflow()
+}
+
 /// `(entity, group)` for every entity seen in the window that belongs to a group.
 pub fn membership<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
@@ -72,7 +85,7 @@ pub fn membership<'s>(
     // with a label never gets here, so it is in one group only.
     let min_flows = config.min_flows_per_service;
     let profiled = edges
-        .filter(|edge| edge.dst.workload.is_none() && !edge.dst.is_external() && !edge.dst.is_overflow())
+        .filter(|edge| answers_a_service(edge))
         .map(|edge| (edge.dst.entity, (edge.dst_port, edge.protocol)))
         .reduce(move |_entity, services: &[(&(u16, u8), Volume)], output| {
             let answered: Vec<(u16, u8)> = services
@@ -121,8 +134,16 @@ mod tests {
             Just(endpoint("pod:shop/web-2", Some("workload:shop/Deployment/web"))),
             Just(endpoint("ext:203.0.113.9", None)),
             Just(endpoint("ext:198.51.100.7", Some("ext-group:saas"))),
+            Just(endpoint("mcast:ff02::1:ff00:2c6", None)),
         ];
-        let services = prop_oneof![Just((22u16, 6u8)), Just((443, 6)), Just((53, 17)), Just((5432, 6))];
+        let services = prop_oneof![
+            Just((22u16, 6u8)),
+            Just((443, 6)),
+            Just((53, 17)),
+            Just((5432, 6)),
+            Just((136, 58)),
+            Just((0, 1))
+        ];
         let contact = (ends.clone(), ends, services, 1u64..=20, 1i64..=3, 0i64..=3).prop_map(
             |(src, dst, (dst_port, protocol), epoch, flows, failed)| {
                 (Edge { src, dst, dst_port, protocol }, epoch, vol(flows, failed.min(flows), 0, 0))
@@ -141,7 +162,8 @@ mod tests {
                     groups.insert((end.entity.to_string(), group.to_string()));
                 }
             }
-            if edge.dst.workload.is_none() && !edge.dst.is_external() {
+            let ported = edge.protocol != 1 && edge.protocol != 58;
+            if ported && edge.dst.workload.is_none() && !edge.dst.is_external() && !edge.dst.is_special() {
                 let services = answered.entry(edge.dst.entity.to_string()).or_default();
                 *services.entry((edge.dst_port, edge.protocol)).or_default() += volume.flows - volume.failed;
             }

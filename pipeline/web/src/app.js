@@ -50,9 +50,10 @@ function kind(node) {
   if (node.startsWith("pod:")) return "pod";
   if (node.startsWith("host:")) return "host";
   if (node.startsWith("ns:")) return "namespace";
+  if (node.startsWith("mcast:") || node.startsWith("bcast:") || node.startsWith("unspec:")) return "special";
   return "ext";
 }
-const COLORS = { workload: "#3b6fd8", pod: "#6aa3f0", host: "#49a078", ext: "#8a5cc2", namespace: "#7c8799" };
+const COLORS = { workload: "#3b6fd8", pod: "#6aa3f0", host: "#49a078", ext: "#8a5cc2", namespace: "#7c8799", special: "#b9a66b" };
 
 function namespaceOf(node) {
   const rest = node.startsWith("pod:") ? node.slice(4) : node.startsWith("workload:") ? node.slice(9) : null;

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::novelty::{novelty, Novelty};
 use super::{alert_id, service, DetectorInputs, Finding};
-use crate::entity::is_external_node;
+use crate::entity::{is_external_node, is_special_node};
 use crate::graph::{Edge, WorkloadEdge};
 use crate::time::Epoch;
 
@@ -43,11 +43,10 @@ impl Default for LateralConfig {
 }
 
 impl LateralConfig {
-    /// Whether a workload edge is internal (neither end an external address or external group)
-    /// on an admin service.
+    /// Whether a workload edge is internal (neither end an external address or external group,
+    /// nor a multicast, broadcast or unspecified address) on an admin service.
     pub fn is_admin(&self, edge: &WorkloadEdge) -> bool {
-        !is_external_node(&edge.src)
-            && !is_external_node(&edge.dst)
+        ![&edge.src, &edge.dst].into_iter().any(|end| is_external_node(end) || is_special_node(end))
             && self.admin_ports.contains(&edge.dst_port)
             && self.protocols.contains(&edge.protocol)
     }

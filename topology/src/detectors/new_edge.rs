@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::lateral::{self, LateralConfig};
 use super::novelty::{novelty, Novelty};
 use super::{alert_id, service, DetectorInputs, Finding};
-use crate::entity::is_external_node;
+use crate::entity::{is_external_node, is_special_node};
 use crate::graph::WorkloadEdge;
 use crate::time::Epoch;
 
@@ -69,8 +69,12 @@ impl NewEdgeConfig {
         !deferred
     }
 
+    /// Whether the detector looks at `edge`: never one to or from a multicast group, the broadcast
+    /// or the unspecified address (a host's neighbour discovery is new every time); external ends
+    /// only with `include_external`.
     pub fn considers(&self, edge: &WorkloadEdge) -> bool {
-        self.include_external || (!is_external_node(&edge.src) && !is_external_node(&edge.dst))
+        let special = is_special_node(&edge.src) || is_special_node(&edge.dst);
+        !special && (self.include_external || (!is_external_node(&edge.src) && !is_external_node(&edge.dst)))
     }
 }
 

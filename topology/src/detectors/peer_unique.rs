@@ -37,8 +37,13 @@ pub fn peer_unique_destinations<'s>(
     let min_group_size = config.min_group_size as isize;
     let (edges, members) = (inputs.edges.clone(), inputs.members.clone());
 
-    // (entity, destination) pairs present in the window.
-    let contacts = edges.map(|edge| (edge.src.entity.clone(), edge.dst.node().clone())).distinct();
+    // (entity, destination) pairs present in the window. A multicast group, the broadcast or the
+    // unspecified address is no destination a host chose (each host joins its own
+    // solicited-node group): never a peer-unique destination.
+    let contacts = edges
+        .filter(|edge| !edge.dst.is_special())
+        .map(|edge| (edge.src.entity.clone(), edge.dst.node().clone()))
+        .distinct();
 
     // ((group, destination), member) for every member of a group that touches the destination.
     let group_contacts =
@@ -113,6 +118,20 @@ mod tests {
         for i in 1..=3 {
             updates.push((replica(i, "host:10.0.0.9", 5432), 1000, 1));
         }
+        updates.push((replica(2, "ext:203.0.113.66", 4444), 1000, 1));
+        assert_eq!(detect(updates, 2000), vec![("pod:shop/web-2".to_owned(), "ext:203.0.113.66".to_owned())]);
+    }
+
+    /// Issue 12: each replica's neighbour discovery goes to its own solicited-node multicast group.
+    #[test]
+    fn a_multicast_group_only_one_replica_sends_to_is_no_finding() {
+        let resolver = EntityResolver::default();
+        let mut updates = Vec::new();
+        for i in 1..=3 {
+            updates.push((replica(i, "host:10.0.0.9", 5432), 1000, 1));
+        }
+        let ndp = Edge { dst: resolver.resolve("ff02::1:ff00:2c6", None), protocol: 58, ..replica(2, "x", 135) };
+        updates.push((ndp, 1000, 1));
         updates.push((replica(2, "ext:203.0.113.66", 4444), 1000, 1));
         assert_eq!(detect(updates, 2000), vec![("pod:shop/web-2".to_owned(), "ext:203.0.113.66".to_owned())]);
     }
