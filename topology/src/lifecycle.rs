@@ -38,7 +38,9 @@ pub struct LifecycleConfig {
     #[serde(with = "humantime_serde")]
     pub min_duration: Duration,
     /// A finding must stay gone this long before its alert is cleared; if it comes back meanwhile
-    /// the alert simply goes on (e.g. "30s"; 0: at once).
+    /// the alert simply goes on (e.g. "30s"; 0: at once). Default one minute: a finding at a
+    /// detector's threshold (a beacon whose count in the window hovers at the minimum) flickers
+    /// as the window slides, and each flicker would be a ticket opened and resolved.
     #[serde(with = "humantime_serde")]
     pub clear_after: Duration,
     /// Least event time between two `updated` events of one alert, unless its severity changes;
@@ -80,7 +82,7 @@ impl Default for LifecycleConfig {
         LifecycleConfig {
             learning_period: None,
             min_duration: Duration::ZERO,
-            clear_after: Duration::ZERO,
+            clear_after: Duration::from_secs(60),
             min_update_interval: Duration::from_secs(60),
             observed_since: None,
             resumed: None,
