@@ -58,10 +58,10 @@ try {
   });
 
   // 2. The swapped replica's alert is on the map and in the panel.
-  const selector = `#alerts li.open[data-entity="${entity}"]`;
+  const selector = `#alerts li.open[data-entity="${entity}"][data-detector="peer_unique_destination"]`;
   await page.waitForSelector(selector, { timeout: 30000 });
   const alertText = await page.$eval(selector, (li) => li.textContent);
-  check(/peer_unique_destination/.test(alertText) && alertText.includes(destination), `the panel lists the open alert on ${entity} naming ${destination}`);
+  check(alertText.includes(destination), `the panel lists the open peer-unique alert on ${entity} naming ${destination}`);
   const marked = await page.evaluate((e) => window.peergraph.state.alerts.some((a) => a.open && a.entity === e), entity);
   check(marked, "the map marks the alerted entity");
 

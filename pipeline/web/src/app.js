@@ -297,6 +297,7 @@ function renderAlerts() {
     li.className = (a.open ? "open" : "cleared") + (state.selectedAlert === a.alert_id ? " selected" : "");
     li.dataset.alertId = a.alert_id;
     li.dataset.entity = a.entity;
+    li.dataset.detector = a.detector;
     const evidence = Object.entries(a.evidence || {}).map(([k, v]) => `<dt>${esc(k)}</dt><dd>${esc(v)}</dd>`).join("");
     const lifecycle = a.events.map((e) => `${e.event} ${time(e.event_time_ms)}`).join(" → ");
     li.innerHTML = `<div><span class="sev-${a.severity}">${esc(a.severity)}</span> ${esc(a.detector)}</div>
