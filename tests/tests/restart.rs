@@ -104,6 +104,9 @@ fn a_pipeline_stopped_by_a_signal_resumes_without_repeating_itself() {
 fn restart_matches_one_run(test: &str, stop: Stop) {
     let mut config = peergraph_tests::config(test);
     config.time.window = Duration::from_secs(60);
+    // A restart replays window + lateness + clear_after: keep the hysteresis short against this
+    // stream's length, so that "about one window" is what the replay bound checks.
+    config.lifecycle.clear_after = Duration::from_secs(5);
     config.time.history_tick = Duration::from_secs(10);
     config.time.history_ttl = Duration::from_secs(3600);
     config.detectors.new_edge.learning_period = Duration::from_secs(60);
@@ -311,6 +314,8 @@ fn an_edge_learned_before_a_restart_is_not_new_after_it() {
     let mut config = peergraph_tests::config("history");
     config.time.window = Duration::from_secs(10);
     config.time.allowed_lateness = Duration::from_secs(1);
+    // The replay is window + lateness + clear_after: a short hysteresis for a 10 s window.
+    config.lifecycle.clear_after = Duration::from_secs(1);
     config.time.history_tick = Duration::from_secs(10);
     // The early sightings (coarse epoch 10 s) are remembered until 100 s: long enough for their
     // return at 80 s, and they expire before the end, so their tombstones are written.
@@ -400,6 +405,8 @@ fn an_entitys_own_volume_history_survives_a_restart() {
     let mut config = peergraph_tests::config("volumes");
     config.time.window = Duration::from_secs(10);
     config.time.allowed_lateness = Duration::from_secs(1);
+    // The replay is window + lateness + clear_after: a short hysteresis for a 10 s window.
+    config.lifecycle.clear_after = Duration::from_secs(1);
     config.time.history_tick = Duration::from_secs(10);
     config.time.history_ttl = Duration::from_secs(3600);
     let exfil = &mut config.detectors.exfiltration;

@@ -54,8 +54,9 @@ fn swapped_replica_is_alerted_and_cleared() {
     assert_eq!(raised.peer_group.as_deref(), Some("workload:shop/Deployment/web"));
     assert!(raised.techniques.iter().any(|t| t == "T1071"));
 
-    // Raised within a couple of ticks of the swap; cleared one window after the last malicious flow.
-    let window = 60_000;
+    // Raised within a couple of ticks of the swap; cleared one window after the last malicious
+    // flow (when the finding goes) plus the lifecycle's hysteresis (`clear_after`).
+    let window = 60_000 + config.lifecycle.clear_after.as_millis() as i64;
     assert!(
         raised.event_time_ms >= label.start_ms && raised.event_time_ms <= label.start_ms + 2_000,
         "raised at {} for a swap at {}",
@@ -79,8 +80,10 @@ fn swapped_replica_is_alerted_and_cleared() {
         .collect();
     let first = to_c2.first().expect("the edge to the C2 address is in the changelog");
     assert!(first.present && first.first_seen_ms == label.start_ms, "{first:?}");
+    // The edge leaves with the finding; the alert clears `clear_after` later.
     let last = to_c2.last().unwrap();
-    assert!(!last.present && last.event_time_ms == cleared.event_time_ms, "{last:?}");
+    let finding_gone = cleared.event_time_ms - config.lifecycle.clear_after.as_millis() as i64;
+    assert!(!last.present && last.event_time_ms == finding_gone, "{last:?}");
     assert!(changes
         .iter()
         .any(|c| c.level == EdgeLevel::Workload && c.src == "workload:shop/Deployment/web" && c.present));
