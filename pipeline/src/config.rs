@@ -314,10 +314,15 @@ impl Config {
         builder = builder.add_source(
             config::Environment::with_prefix("PEERGRAPH").prefix_separator("__").separator("__").try_parsing(true),
         );
-        let loaded: Config = builder
-            .build()
-            .and_then(|c| c.try_deserialize())
-            .map_err(|source| ConfigError::Load { path: shown, source })?;
+        let raw = builder.build().map_err(|source| ConfigError::Load { path: shown.clone(), source })?;
+        // `time.allowed_lateness` not set anywhere: the input format's own (see
+        // `InputFormat::typical_lateness`), so a Zeek or VPC-flow-log topic does not lose its
+        // reordered records as late.
+        let lateness_given = raw.get::<config::Value>("time.allowed_lateness").is_ok();
+        let mut loaded: Config = raw.try_deserialize().map_err(|source| ConfigError::Load { path: shown, source })?;
+        if !lateness_given {
+            loaded.time.allowed_lateness = loaded.input.format.typical_lateness();
+        }
         loaded.validate()?;
         Ok(loaded)
     }
@@ -517,6 +522,19 @@ mod tests {
         let shown = loaded.to_redacted_toml();
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("<redacted>"));
+    }
+
+    /// Issue 12: 5–30 % of a real Zeek log was refused as late with the 5 s default.
+    #[test]
+    fn allowed_lateness_defaults_to_the_input_formats_own_unless_set() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("zeek.toml");
+        std::fs::write(&path, "[input]\nformat = \"zeek-conn-tsv\"\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().time.allowed_lateness, Duration::from_secs(300));
+        std::fs::write(&path, "[input]\nformat = \"zeek-conn-tsv\"\n[time]\nallowed_lateness = \"20s\"\n").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().time.allowed_lateness, Duration::from_secs(20));
+        std::fs::write(&path, "").unwrap();
+        assert_eq!(Config::load(Some(&path)).unwrap().time.allowed_lateness, Duration::from_secs(5));
     }
 
     /// `/metrics` moved to the one HTTP server: an old `metrics.listen` is refused, naming `api.listen`.

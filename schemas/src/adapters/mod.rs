@@ -56,6 +56,25 @@ pub enum InputFormat {
 }
 
 impl InputFormat {
+    /// How far behind the newest record of its partition a record of this format can arrive when
+    /// its sensor works as designed: the default of `time.allowed_lateness` for the format. A
+    /// sensor writes a flow when the flow ends, or when its state times out (Zeek's TCP inactivity
+    /// timeout is 5 min, so a connection idle until it expired is written minutes after shorter
+    /// ones that ended later); exporters flush on their inactive timeout (NetFlow / IPFIX via
+    /// goflow2 or pmacct: seconds to a minute); VPC flow logs aggregate over up to 10 min.
+    /// peergraph's own sensor and Hubble emit as flows end.
+    pub fn typical_lateness(self) -> std::time::Duration {
+        use std::time::Duration;
+        match self {
+            InputFormat::Peergraph | InputFormat::Hubble => Duration::from_secs(5),
+            InputFormat::Goflow2Json | InputFormat::Goflow2Protobuf | InputFormat::PmacctJson => {
+                Duration::from_secs(60)
+            }
+            InputFormat::ZeekConnJson | InputFormat::ZeekConnTsv | InputFormat::SuricataEve => Duration::from_secs(300),
+            InputFormat::AwsVpc => Duration::from_secs(600),
+        }
+    }
+
     /// Every format, in the order they are listed to users.
     pub const ALL: [InputFormat; 9] = [
         InputFormat::Peergraph,
