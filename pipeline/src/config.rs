@@ -164,6 +164,12 @@ pub struct InputConfig {
     /// destinations are folded into one overflow destination, which the `entity_cap` detector
     /// alerts on. Bounds the memory one scanning or misbehaving source can take.
     pub max_destinations_per_source: usize,
+    /// Most distinct address-based source entities (`host:` and `ext:`, not pods) a worker keeps
+    /// as themselves in the window; flows from further sources count as from one overflow source
+    /// (`overflow:sources`), which the `entity_cap` detector alerts on at their destination. Bounds
+    /// the memory a flood of spoofed sources can take (each source held costs ~20 KB across the
+    /// dataflow). 0: no cap.
+    pub max_sources: usize,
 }
 
 impl Default for InputConfig {
@@ -182,6 +188,7 @@ impl Default for InputConfig {
             earliest_end: earliest_end_default(),
             max_flow_bytes: 1 << 40,
             max_destinations_per_source: 10_000,
+            max_sources: 50_000,
         }
     }
 }

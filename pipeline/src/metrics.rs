@@ -74,6 +74,9 @@ pub struct Metrics {
     /// Flows whose destination was folded into the overflow destination because their source
     /// hit `input.max_destinations_per_source`.
     pub destinations_capped: Counter,
+    /// Flows whose source was folded into the overflow source because the worker held
+    /// `input.max_sources` sources in the window.
+    pub sources_capped: Counter,
     /// Alert events produced to the alerts topic, by lifecycle event.
     pub alerts_produced: Family<EventLabel, Counter>,
     /// Service-graph changes produced to the service-graph topic.
@@ -142,6 +145,8 @@ pub struct ExitSummary {
     pub dead_letters_lost: u64,
     /// Flows whose destination was folded into the overflow destination.
     pub destinations_capped: u64,
+    /// Flows whose source was folded into the overflow source.
+    pub sources_capped: u64,
     /// Alert events produced, by lifecycle event.
     pub alerts: BTreeMap<String, u64>,
 }
@@ -168,6 +173,7 @@ impl Metrics {
             dead_letters_summarised: self.dead_letters_summarised.get(),
             dead_letters_lost: self.dead_letters_lost.get(),
             destinations_capped: self.destinations_capped.get(),
+            sources_capped: self.sources_capped.get(),
             alerts: tallies.alerts.clone(),
         }
     }
@@ -238,6 +244,11 @@ impl Metrics {
             "destinations_capped",
             "Flows folded into the overflow destination by the per-source cap",
             self.destinations_capped.clone(),
+        );
+        registry.register(
+            "sources_capped",
+            "Flows folded into the overflow source by the per-worker source cap (input.max_sources)",
+            self.sources_capped.clone(),
         );
         registry.register("alerts_produced", "Alert events produced, by lifecycle event", self.alerts_produced.clone());
         registry.register(

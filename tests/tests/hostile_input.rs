@@ -183,3 +183,55 @@ fn a_message_too_large_for_the_dead_letter_topic_is_summarised_and_the_run_goes_
     let offset = committed.find_partition(&config.topics.flows, 0).map(|p| p.offset());
     assert_eq!(offset, Some(rdkafka::Offset::Offset(3)));
 }
+
+/// Row 3: flows from 100,000 spoofed sources took 2.35 GB (~19 KB per source), a million passed
+/// 17 GB. Beyond `input.max_sources` distinct address-based sources in the window a worker folds
+/// further sources into `overflow:sources`: the flood is counted, alerted at its target, and the
+/// swapped replica (a pod: never capped) is still found.
+#[test]
+fn a_flood_of_spoofed_sources_is_folded_alerted_at_its_target_and_blinds_nothing() {
+    let mut config = simulated("spoofed");
+    config.input.max_sources = 1_000;
+    let simulated = peergraph::simulate::simulate(&config, &AtomicBool::new(false)).expect("simulate");
+    let swap = simulated.labels[0].clone();
+    // 4,000 sources from a benchmarking range, one flow each per partition, in the stream's last
+    // second (not late), all to one exposed host.
+    let end_ms = START_MS + 6 * 60_000 - 1_000;
+    let flood: Vec<Flow> = (0..4_000u32)
+        .map(|i| Flow {
+            sensor_id: "edge".into(),
+            src_addr: format!("198.18.{}.{}", i / 250, 1 + i % 250),
+            dst_addr: "10.77.0.1".into(),
+            conn_state: ConnState::S0,
+            tcp_flags: 0x02,
+            bytes_in: 0,
+            packets_in: 0,
+            ..forged(end_ms + i64::from(i % 1_000))
+        })
+        .collect();
+    produce_to_every_partition(&config, &flood);
+
+    let metrics = Metrics::new();
+    let ran = peergraph::run::run(&config, Arc::new(AtomicBool::new(false)), metrics.clone()).expect("run");
+    let flooded = 4_000 * config.topics.partitions as u64;
+    assert_eq!(ran.messages, simulated.flows + flooded);
+    // At most 1,000 sources kept as themselves: at least 3,000 of the flood's sources folded, on
+    // every partition.
+    let capped = metrics.sources_capped.get();
+    assert!(capped >= 3_000 * config.topics.partitions as u64, "{capped} flows folded");
+    assert_eq!(ran.summary.sources_capped, capped, "in the exit summary");
+
+    let alerts = peergraph_tests::collect_alerts(&config, Duration::from_secs(5));
+    assert!(
+        alerts.iter().any(|a| a.detector == "entity_cap"
+            && a.entity == "host:10.77.0.1"
+            && a.alert_id == peergraph_topology::detectors::alert_id("entity_cap", "host:10.77.0.1", "sources")),
+        "the flood is alerted at its target: {:#?}",
+        alerts.iter().map(|a| (&a.detector, &a.entity)).collect::<Vec<_>>()
+    );
+    assert!(
+        alerts.iter().any(|a| a.detector == "peer_unique_destination" && a.entity == swap.entity),
+        "the swapped replica is still found"
+    );
+    assert!(alerts.iter().all(|a| !a.entity.starts_with("ext:198.18.")), "no alert per spoofed source");
+}

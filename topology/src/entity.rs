@@ -28,6 +28,14 @@ pub struct Endpoint {
 /// The destination that stands for every destination beyond a source's cap.
 pub const OVERFLOW_ENTITY: &str = "overflow:destinations";
 
+/// The source that stands for every address-based source beyond a worker's source cap.
+pub const OVERFLOW_SOURCES: &str = "overflow:sources";
+
+/// Whether a node stands for many (an overflow of destinations or of sources), not for one entity.
+pub fn is_overflow_node(node: &str) -> bool {
+    node.starts_with("overflow:")
+}
+
 /// The prefix of an external group's node in the workload-level graph (`ext-group:<name>`).
 pub const EXTERNAL_GROUP_PREFIX: &str = "ext-group:";
 
@@ -88,6 +96,21 @@ impl Endpoint {
 
     pub fn is_overflow(&self) -> bool {
         self.entity == OVERFLOW_ENTITY
+    }
+
+    /// The source that stands for every address-based source beyond a worker's source cap.
+    pub fn overflow_sources() -> Endpoint {
+        Endpoint { entity: Name::new(OVERFLOW_SOURCES), workload: None }
+    }
+
+    pub fn is_overflow_sources(&self) -> bool {
+        self.entity == OVERFLOW_SOURCES
+    }
+
+    /// Whether the endpoint is an address-based entity (`host:` or `ext:`, not a pod, a special
+    /// address or an overflow): what a spoofed source looks like.
+    pub fn is_address_based(&self) -> bool {
+        self.entity.starts_with("host:") || self.entity.starts_with("ext:")
     }
 
     /// The node this endpoint is in the workload-level graph: its workload (or external group),

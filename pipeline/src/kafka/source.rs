@@ -158,6 +158,7 @@ struct Intake {
     times: TimeBounds,
     max_flow_bytes: i64,
     destinations: DestinationCap,
+    sources: SourceCap,
     /// How far a record may run ahead of its partition's time (`input.max_skew`).
     skew: SkewPolicy,
     /// Sensor ids with a label in `peergraph_flows_ahead_of_partition`.
@@ -237,6 +238,39 @@ impl DestinationCap {
             return false;
         }
         destinations.insert(destination.clone(), epoch);
+        true
+    }
+}
+
+/// The worker's cap on distinct address-based sources in the window (`input.max_sources`): the
+/// sources it keeps as themselves, each with the last epoch it was seen, swept once per tick.
+struct SourceCap {
+    cap: usize,
+    window_ms: u64,
+    tick_ms: u64,
+    last_sweep: Epoch,
+    seen: HashMap<Name, Epoch>,
+}
+
+impl SourceCap {
+    /// Whether `source` may be kept as itself at `epoch` (always, with no cap).
+    fn admit(&mut self, source: &Name, epoch: Epoch) -> bool {
+        if self.cap == 0 {
+            return true;
+        }
+        if epoch >= self.last_sweep + self.tick_ms {
+            let horizon = epoch.saturating_sub(self.window_ms);
+            self.seen.retain(|_, last| *last > horizon);
+            self.last_sweep = epoch;
+        }
+        if let Some(last) = self.seen.get_mut(source) {
+            *last = (*last).max(epoch);
+            return true;
+        }
+        if self.seen.len() >= self.cap {
+            return false;
+        }
+        self.seen.insert(source.clone(), epoch);
         true
     }
 }
@@ -384,6 +418,13 @@ impl FlowSource {
             max_flow_bytes: config.input.max_flow_bytes,
             destinations: DestinationCap {
                 cap: config.input.max_destinations_per_source,
+                window_ms: config.time.window_ms(),
+                tick_ms: config.time.tick_ms(),
+                last_sweep: 0,
+                seen: HashMap::new(),
+            },
+            sources: SourceCap {
+                cap: config.input.max_sources,
                 window_ms: config.time.window_ms(),
                 tick_ms: config.time.tick_ms(),
                 last_sweep: 0,
@@ -676,8 +717,13 @@ impl Intake {
             }
             return Ok(None);
         }
-        let src = self.resolver.resolve(&flow.src_addr, flow.src_meta.as_ref());
+        let mut src = self.resolver.resolve(&flow.src_addr, flow.src_meta.as_ref());
         let mut dst = self.resolver.resolve(&flow.dst_addr, flow.dst_meta.as_ref());
+        // Before the destination cap, so that spoofed sources share one entry there too.
+        if src.is_address_based() && !self.sources.admit(&src.entity, epoch) {
+            self.metrics.sources_capped.inc();
+            src = Endpoint::overflow_sources();
+        }
         if !self.destinations.admit(&src.entity, dst.node(), epoch) {
             self.metrics.destinations_capped.inc();
             dst = Endpoint::overflow();

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 
 use super::novelty::{novelty, Novelty};
 use super::{alert_id, service, DetectorInputs, Finding};
-use crate::entity::{is_external_node, is_special_node};
+use crate::entity::{is_external_node, is_overflow_node, is_special_node};
 use crate::graph::{Edge, WorkloadEdge};
 use crate::time::Epoch;
 
@@ -46,7 +46,9 @@ impl LateralConfig {
     /// Whether a workload edge is internal (neither end an external address or external group,
     /// nor a multicast, broadcast or unspecified address) on an admin service.
     pub fn is_admin(&self, edge: &WorkloadEdge) -> bool {
-        ![&edge.src, &edge.dst].into_iter().any(|end| is_external_node(end) || is_special_node(end))
+        ![&edge.src, &edge.dst]
+            .into_iter()
+            .any(|end| is_external_node(end) || is_special_node(end) || is_overflow_node(end))
             && self.admin_ports.contains(&edge.dst_port)
             && self.protocols.contains(&edge.protocol)
     }

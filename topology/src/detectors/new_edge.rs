@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use super::lateral::{self, LateralConfig};
 use super::novelty::{novelty, Novelty};
 use super::{alert_id, service, DetectorInputs, Finding};
-use crate::entity::{is_external_node, is_special_node};
+use crate::entity::{is_external_node, is_overflow_node, is_special_node};
 use crate::graph::WorkloadEdge;
 use crate::time::Epoch;
 
@@ -73,7 +73,7 @@ impl NewEdgeConfig {
     /// or the unspecified address (a host's neighbour discovery is new every time); external ends
     /// only with `include_external`.
     pub fn considers(&self, edge: &WorkloadEdge) -> bool {
-        let special = is_special_node(&edge.src) || is_special_node(&edge.dst);
+        let special = [&edge.src, &edge.dst].into_iter().any(|end| is_special_node(end) || is_overflow_node(end));
         !special && (self.include_external || (!is_external_node(&edge.src) && !is_external_node(&edge.dst)))
     }
 }
