@@ -5,7 +5,7 @@
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
-use super::{alert_id, DetectorInputs, Finding};
+use super::{alert_id, smallest, DetectorInputs, Finding};
 use crate::name::Name;
 use crate::time::Epoch;
 
@@ -18,11 +18,15 @@ pub struct PeerUniqueConfig {
     /// Smallest group (members seen in the window) whose members are compared; below it, a
     /// destination only one member touches says little.
     pub min_group_size: usize,
+    /// One incident, one alert: a member with more peer-unique destinations than this in the
+    /// window gets one finding naming how many and a sample (key `destinations`), instead of one
+    /// per destination (a scanning pod made 7,201 alerts). 0: always one per destination.
+    pub max_findings_per_entity: usize,
 }
 
 impl Default for PeerUniqueConfig {
     fn default() -> Self {
-        PeerUniqueConfig { enabled: true, min_group_size: 3 }
+        PeerUniqueConfig { enabled: true, min_group_size: 3, max_findings_per_entity: 10 }
     }
 }
 
@@ -61,16 +65,69 @@ pub fn peer_unique_destinations<'s>(
         .filter(move |(_, size)| *size >= min_group_size)
         .map(|(group, size)| (group, size));
 
-    group_contacts
+    // (member, (destination, group, size)): every peer-unique destination of every member.
+    let per_member = group_contacts
         .join(unique)
         .map(|((group, destination), (member, ()))| (group, (member, destination)))
         .join(sizes)
-        .map(|(group, ((member, destination), size))| finding(member, destination, group, size))
+        .map(|(group, ((member, destination), size))| (member, (destination, group, size)));
+    if config.max_findings_per_entity == 0 {
+        return per_member.map(|(member, (destination, group, size))| finding(member, destination, group, size));
+    }
+    let most = config.max_findings_per_entity as isize;
+    let counts = per_member.clone().map(|(member, _)| member).count();
+    let few = counts.clone().filter(move |(_, n)| *n <= most).map(|(member, _)| member);
+    let one_each = per_member
+        .clone()
+        .semijoin(few)
+        .map(|(member, (destination, group, size))| finding(member, destination, group, size));
+    let sample = smallest(per_member.clone().map(|(member, (destination, _, _))| (member, destination)), SAMPLE);
+    let context = per_member.map(|(member, (_, group, size))| (member, (group, size))).distinct();
+    let one_for_all = counts
+        .filter(move |(_, n)| *n > most)
+        .join(sample)
+        .join(context)
+        .map(|(member, ((count, sample), (group, size)))| many_finding(member, count, sample, group, size));
+    one_each.concat(one_for_all)
+}
+
+/// Destinations an aggregated finding names.
+const SAMPLE: usize = 5;
+
+/// The score of a lone destination in a group of `size`: 3 members → 60, 5 → 80, ≥ 6 → 90.
+fn score(size: isize) -> u8 {
+    (50 + 10 * (size.min(6) - 2)).clamp(0, 100) as u8
+}
+
+/// One finding for a member with `count` peer-unique destinations, more than
+/// `max_findings_per_entity`.
+fn many_finding(member: Name, count: isize, sample: Vec<Name>, group: Name, size: isize) -> Finding {
+    let sample: Vec<String> = sample.iter().map(|d| d.to_string()).collect();
+    Finding {
+        alert_id: alert_id(DETECTOR, &member, "destinations"),
+        detector: DETECTOR.to_owned(),
+        summary: format!(
+            "{member} talks to {count} destinations that none of the other {} members of {group} touch (e.g. {})",
+            size - 1,
+            sample.join(", ")
+        ),
+        evidence: vec![
+            ("destinations".to_owned(), count.to_string()),
+            ("sample".to_owned(), sample.join(",")),
+            ("group_size".to_owned(), size.to_string()),
+            ("peers_touching_destination".to_owned(), "0".to_owned()),
+        ],
+        entity: member,
+        key: "destinations".to_owned(),
+        peer_group: Some(group),
+        score: score(size).saturating_add(5).min(100),
+        techniques: vec!["T1071".to_owned(), "T1195.002".to_owned(), "T1046".to_owned()],
+    }
 }
 
 fn finding(member: Name, destination: Name, group: Name, size: isize) -> Finding {
-    // Larger groups make a lone destination more telling: 3 members → 60, 5 → 80, ≥ 6 → 90.
-    let score = (50 + 10 * (size.min(6) - 2)).clamp(0, 100) as u8;
+    // Larger groups make a lone destination more telling.
+    let score = score(size);
     Finding {
         alert_id: alert_id(DETECTOR, &member, &destination),
         detector: DETECTOR.to_owned(),
@@ -134,6 +191,38 @@ mod tests {
         updates.push((ndp, 1000, 1));
         updates.push((replica(2, "ext:203.0.113.66", 4444), 1000, 1));
         assert_eq!(detect(updates, 2000), vec![("pod:shop/web-2".to_owned(), "ext:203.0.113.66".to_owned())]);
+    }
+
+    /// Issue 12: one scanning pod raised 7,201 peer-unique alerts, one per destination.
+    #[test]
+    fn a_member_with_many_unique_destinations_gets_one_finding_for_all_of_them() {
+        let mut updates = Vec::new();
+        for i in 1..=3 {
+            updates.push((replica(i, "host:10.0.0.9", 5432), 1000, 1));
+        }
+        for d in 0..40 {
+            updates.push((replica(2, &format!("host:10.9.0.{d}"), 445), 1000, 1));
+        }
+        updates.push((replica(3, "ext:203.0.113.66", 4444), 1000, 1));
+        let config = PeerUniqueConfig::default();
+        let out = run_collection(updates, 2000, move |contacts| {
+            peer_unique_destinations(&config, &crate::testing::detector_inputs(contacts))
+        });
+        let mut found: Vec<(String, String, Option<String>)> = out
+            .into_iter()
+            .map(|(f, _)| {
+                let count = f.evidence.iter().find(|(k, _)| k == "destinations").map(|(_, v)| v.clone());
+                (f.entity.to_string(), f.key, count)
+            })
+            .collect();
+        found.sort();
+        assert_eq!(
+            found,
+            vec![
+                ("pod:shop/web-2".to_owned(), "destinations".to_owned(), Some("40".to_owned())),
+                ("pod:shop/web-3".to_owned(), "ext:203.0.113.66".to_owned(), None),
+            ]
+        );
     }
 
     #[test]
