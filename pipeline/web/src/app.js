@@ -127,7 +127,10 @@ function rebuild() {
   const edges = aggregate(state.edges);
   const diff = state.diff;
   const added = new Set(diff ? diff.added.map(edgeKey) : []);
-  const changed = new Set(diff ? diff.changed.map((c) => edgeKey(c.to)) : []);
+  // Every busy edge's volume differs between two times; the map marks those whose flows at
+  // least doubled or halved (the header counts all of them).
+  const significant = (c) => c.to.flows >= 2 * c.from.flows || 2 * c.to.flows <= c.from.flows;
+  const changed = new Set(diff ? diff.changed.filter(significant).map((c) => edgeKey(c.to)) : []);
   const removed = diff ? aggregate(diff.removed) : [];
   graph.clear();
   let fresh = 0;
@@ -221,9 +224,10 @@ function edgeReducer(edge, data) {
   res.color = data.status === "added" ? "#1a9e3a" : data.status === "removed" ? "#e0312b" : data.status === "changed" ? "#e89a1a" : "#b8c0cc";
   if (data.status) res.size = data.size + 1.5;
   if (view.alerted.has(src) && !data.status) res.color = "#f08a80";
-  // The selected alert's own evidence: the edge it is about, drawn strongest.
+  // The selected alert's own evidence: the edge it is about, drawn strongest (in the
+  // comparison's colour when it has one).
   if (view.evidenced.has(src + "|" + dst)) {
-    res.color = "#e0312b";
+    if (!data.status) res.color = "#e0312b";
     res.size = data.size + 3;
     res.forceLabel = true;
   }
@@ -363,7 +367,8 @@ async function refresh() {
     if (state.from !== null && $("compare").checked) {
       const from = Math.max(state.oldest, Math.min(state.from, shownAt));
       state.diff = await getJson(graphUrl("graph/diff", { from: String(from), to: String(shownAt) }));
-      $("diff-summary").textContent = `${state.diff.added.length} new, ${state.diff.removed.length} gone, ${state.diff.changed.length} changed`;
+      const doubled = state.diff.changed.filter((c) => c.to.flows >= 2 * c.from.flows || 2 * c.to.flows <= c.from.flows).length;
+      $("diff-summary").textContent = `${state.diff.added.length} new, ${state.diff.removed.length} gone, ${state.diff.changed.length} changed volume (${doubled} by ×2 or more, marked)`;
     } else $("diff-summary").textContent = "";
     const alerts = await getJson(`alerts?at=${shownAt}&state=all`);
     state.alerts = alerts.alerts;
@@ -371,6 +376,12 @@ async function refresh() {
     rebuild();
     render();
     renderAlerts();
+    // An open node panel follows the time shown.
+    const shownNode = $("node-title").textContent;
+    if (!$("node-panel").hidden && shownNode) {
+      if (graph.hasNode(shownNode)) showNode(shownNode);
+      else $("node-panel").hidden = true;
+    }
     $("status").textContent = `${time(shownAt)} · ${graph.order} nodes, ${graph.size} edges${state.aggregated ? " (by namespace: too many nodes)" : ""}`;
   } catch (error) {
     $("status").textContent = error.message;
