@@ -38,6 +38,10 @@ pub struct AlertBoard {
     alerts: BTreeMap<String, Held>,
     /// The latest event time seen: the retention is counted back from it.
     latest_ms: i64,
+    /// Each worker's alert-stream frontier: every alert event before it has been recorded.
+    frontiers: BTreeMap<usize, u64>,
+    /// Workers of this process: until each has reported, nothing is final.
+    workers: usize,
 }
 
 /// An alert as `GET /alerts` answers: its state at the time asked and its lifecycle so far.
@@ -61,8 +65,28 @@ pub struct LifecycleStep {
 }
 
 impl AlertBoard {
-    pub fn new(max_alerts: usize, retention_ms: u64) -> AlertBoard {
-        AlertBoard { max_alerts, retention_ms: retention_ms as i64, alerts: BTreeMap::new(), latest_ms: 0 }
+    pub fn new(max_alerts: usize, retention_ms: u64, workers: usize) -> AlertBoard {
+        AlertBoard {
+            max_alerts,
+            retention_ms: retention_ms as i64,
+            alerts: BTreeMap::new(),
+            latest_ms: 0,
+            frontiers: BTreeMap::new(),
+            workers,
+        }
+    }
+
+    /// Worker `worker`'s alert stream has no more events before `frontier` (`None`: none at all).
+    pub fn advance(&mut self, worker: usize, frontier: Option<u64>) {
+        self.frontiers.insert(worker, frontier.unwrap_or(u64::MAX));
+    }
+
+    /// Every alert event before this time is on the board (0 until every worker has reported).
+    pub fn closed_before(&self) -> u64 {
+        if self.frontiers.len() < self.workers {
+            return 0;
+        }
+        self.frontiers.values().copied().min().unwrap_or(0)
     }
 
     /// Records one lifecycle event (a replayed one, same id, event and time, once).
@@ -139,11 +163,6 @@ impl AlertBoard {
         });
         views
     }
-
-    /// The latest event time recorded.
-    pub fn latest_ms(&self) -> i64 {
-        self.latest_ms
-    }
 }
 
 #[cfg(test)]
@@ -173,10 +192,13 @@ mod tests {
     #[test]
     fn an_alert_is_open_between_its_raise_and_its_clear_and_a_replay_counts_once() {
         let metrics = Metrics::default();
-        let mut board = AlertBoard::new(10, 60_000);
+        let mut board = AlertBoard::new(10, 60_000, 1);
         board.record(&event("a", AlertEvent::Raised, 1_000), &metrics);
         board.record(&event("a", AlertEvent::Raised, 1_000), &metrics);
         board.record(&event("a", AlertEvent::Cleared, 5_000), &metrics);
+        assert_eq!(board.closed_before(), 0, "nothing is final before the worker reports");
+        board.advance(0, Some(7_000));
+        assert_eq!(board.closed_before(), 7_000);
         assert!(board.at(500, true).is_empty(), "nothing before the raise");
         let during = board.at(2_000, false);
         assert_eq!((during.len(), during[0].open, during[0].events.len()), (1, true, 1));
@@ -188,7 +210,7 @@ mod tests {
     #[test]
     fn the_board_forgets_past_the_retention_and_is_bounded() {
         let metrics = Metrics::default();
-        let mut board = AlertBoard::new(2, 10_000);
+        let mut board = AlertBoard::new(2, 10_000, 1);
         board.record(&event("old", AlertEvent::Raised, 1_000), &metrics);
         board.record(&event("old", AlertEvent::Cleared, 2_000), &metrics);
         board.record(&event("open", AlertEvent::Raised, 3_000), &metrics);

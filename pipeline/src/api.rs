@@ -84,7 +84,11 @@ impl GraphApi {
             retention: config.time.graph_retention,
             timeout: config.api.timeout,
             shards: Mutex::new(BTreeMap::new()),
-            alerts: Mutex::new(AlertBoard::new(config.api.max_alerts, config.time.graph_retention_ms())),
+            alerts: Mutex::new(AlertBoard::new(
+                config.api.max_alerts,
+                config.time.graph_retention_ms(),
+                config.run.workers,
+            )),
             directory: Arc::new(EntityDirectory::new(config.api.max_entities)),
             metrics,
         })
@@ -93,6 +97,17 @@ impl GraphApi {
     /// The entity directory the workers' sources fill.
     pub fn directory(&self) -> Arc<EntityDirectory> {
         Arc::clone(&self.directory)
+    }
+
+    /// Worker `worker`'s alert stream has passed `frontier` (`None`: it has ended): its alerts
+    /// before it are all on the board.
+    pub fn alerts_progress(&self, worker: usize, frontier: Option<Epoch>) {
+        self.alerts.lock().unwrap_or_else(|e| e.into_inner()).advance(worker, frontier);
+    }
+
+    /// Every alert event before this epoch is on the board.
+    fn alerts_closed_before(&self) -> Epoch {
+        self.alerts.lock().unwrap_or_else(|e| e.into_inner()).closed_before()
     }
 
     /// Adds alert events a worker emitted to the board `GET /alerts` reads.
@@ -132,7 +147,10 @@ impl GraphApi {
         // Every shard can answer for a time all of them have closed; the oldest readable time is
         // the furthest any of them has compacted to, and after a restart not before the resume
         // point (the replay had not refilled the window before it).
+        // The alerts too: a time is answered once its alert events are all on the board, so the
+        // graph and the alerts the page shows for one time belong together.
         let latest = shards.iter().map(|(_, p)| p.latest_plus_one.load(Ordering::Acquire)).min().unwrap_or(0);
+        let latest = latest.min(self.alerts_closed_before());
         let Some(latest) = latest.checked_sub(1) else {
             return Err(ApiError::Unavailable("no epoch has closed yet: the graph is not final for any time".into()));
         };
@@ -254,11 +272,21 @@ impl GraphApi {
     /// Answers one `GET /alerts`.
     fn alerts(&self, params: AlertParams) -> Result<AlertsAnswer, ApiError> {
         let board = self.alerts.lock().unwrap_or_else(|e| e.into_inner());
-        let latest = board.latest_ms().max(0) as Epoch;
+        // The latest time whose alert events are all on the board.
+        let Some(latest) = board.closed_before().checked_sub(1) else {
+            return Err(ApiError::Unavailable("no epoch has closed yet: the alerts are not final for any time".into()));
+        };
         let at = match params.at.as_deref() {
             None | Some("") | Some("now") => latest,
             Some(text) => parse_time(text)?,
         };
+        if at > latest {
+            return Err(ApiError::NotClosed(format!(
+                "at={} is after the latest closed epoch ({}): the alerts there are not final yet",
+                rfc3339(at),
+                rfc3339(latest)
+            )));
+        }
         let cleared = match params.state.as_deref() {
             None | Some("open") => false,
             Some("all") => true,
@@ -364,7 +392,7 @@ pub struct DiffParams {
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AlertParams {
-    /// ms since the Unix epoch or RFC 3339; absent or "now": the latest alert event's time.
+    /// ms since the Unix epoch or RFC 3339; absent or "now": the latest closed epoch.
     pub at: Option<String>,
     /// "open" (default): the alerts open at `at`; "all": also those cleared by then.
     pub state: Option<String>,
@@ -409,7 +437,7 @@ pub struct Changed {
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AlertsAnswer {
     pub at_ms: Epoch,
-    /// The latest alert event's time this process has seen.
+    /// The latest closed epoch: every alert event up to it is on the board.
     pub latest_ms: Epoch,
     pub retention_ms: u64,
     /// Open first, then by severity and time.

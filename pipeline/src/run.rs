@@ -390,10 +390,9 @@ fn run_worker(
             Some(api) => {
                 use timely::dataflow::operators::Inspect as _;
                 let api = Arc::clone(api);
-                outputs.alerts.inspect_core(move |event| {
-                    if let Ok((_, batch)) = event {
-                        api.record_alerts(batch);
-                    }
+                outputs.alerts.inspect_core(move |event| match event {
+                    Ok((_, batch)) => api.record_alerts(batch),
+                    Err(frontier) => api.alerts_progress(index, frontier.first().copied()),
                 })
             }
             None => outputs.alerts,

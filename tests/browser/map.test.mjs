@@ -73,6 +73,9 @@ try {
   check(await hasC2(), `focused on the alert, the map has the edge ${entity} → ${destination}`);
   const peers = await page.evaluate((prefix) => window.peergraph.graph.nodes().filter((n) => n.startsWith(prefix)).length, entity.replace(/-[^-/]+$/, "-"));
   check(peers >= 2, `the replica's peers are on the map beside it (${peers} replicas)`);
+  await page.waitForSelector("#node-peers", { timeout: 10000 });
+  const peerLine = await page.$eval("#node-peers", (p) => p.textContent);
+  check(peerLine.startsWith("peers (3)"), `its panel names its 3 peers (${peerLine.slice(0, 60)}…)`);
   await new Promise((r) => setTimeout(r, 600)); // the camera's move
   await page.screenshot({ path: join(artifacts, "swapped-replica-alert.png") });
 

@@ -131,6 +131,13 @@ fn the_activity_map_shows_the_swapped_replica_its_alert_and_what_changed() {
     );
     assert!(open.iter().all(|a| !a["events"].as_array().expect("events").is_empty()));
     assert!(on_replica(&alerts_at(before)).is_empty(), "no alert on the replica before the swap");
+    // A time is closed for the API only once its alerts are on the board: /graph's latest
+    // epoch is one /alerts answers, and a later one is refused until then.
+    let (_, body) = get(&runtime, &format!("{base}/graph"));
+    let latest = serde_json::from_str::<GraphAnswer>(&body).expect("a graph answer").latest_ms;
+    assert_eq!(alerts_at(latest as i64)["at_ms"], latest, "the graph's latest time is final for the alerts");
+    let (status, body) = get(&runtime, &format!("{base}/alerts?at={}", latest + 3_600_000));
+    assert_eq!(status, 400, "an hour past the latest closed epoch is not final: {body}");
 
     // The page in the browser.
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

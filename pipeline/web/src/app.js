@@ -281,6 +281,12 @@ function showNode(node) {
       if (!info || $("node-title").textContent !== node) return;
       const labels = Object.entries(info.labels).map(([k, v]) => `${esc(k)}=${esc(v)}`).join(", ");
       $("node-body").insertAdjacentHTML("afterbegin", `<p>${info.workload ? "workload " + esc(info.workload) + "; " : ""}labels: ${labels || "none"}</p>`);
+      return membersOf(info.workload).then((members) => {
+        const peers = [...members].filter((m) => m !== node).sort();
+        if (peers.length && $("node-title").textContent === node) {
+          $("node-body").insertAdjacentHTML("afterbegin", `<p id="node-peers">peers (${peers.length}): ${peers.map(esc).join(", ")}</p>`);
+        }
+      });
     })
     .catch(() => {});
   const drill = $("drill");
