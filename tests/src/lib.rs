@@ -148,3 +148,14 @@ pub fn read_messages(config: &Config, topic: &str) -> Vec<RawMessage> {
     assert!(ends.is_empty(), "read all of {topic} in time: {ends:?} left");
     messages
 }
+
+/// `GET url` on `runtime`: the status and the body, or why there was none (the server may not be
+/// up yet).
+pub fn http_get(runtime: &tokio::runtime::Runtime, url: &str) -> Result<(u16, String), String> {
+    runtime.block_on(async {
+        let response = reqwest::get(url).await.map_err(|e| format!("GET {url}: {e}"))?;
+        let status = response.status().as_u16();
+        let body = response.text().await.map_err(|e| format!("GET {url}: reading the body: {e}"))?;
+        Ok((status, body))
+    })
+}

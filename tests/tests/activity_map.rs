@@ -25,17 +25,8 @@ const START_MS: i64 = 1_767_225_600_000;
 const WINDOW_MS: i64 = 60_000;
 const WORKLOAD: &str = "workload:shop/Deployment/web";
 
-/// `GET url`: the status and the body, or why there was none (the server may not be up yet).
-fn try_get(runtime: &tokio::runtime::Runtime, url: &str) -> Result<(u16, String), String> {
-    runtime.block_on(async {
-        let response = reqwest::get(url).await.map_err(|e| format!("GET {url}: {e}"))?;
-        let status = response.status().as_u16();
-        Ok((status, response.text().await.unwrap_or_default()))
-    })
-}
-
 fn get(runtime: &tokio::runtime::Runtime, url: &str) -> (u16, String) {
-    try_get(runtime, url).unwrap_or_else(|e| panic!("{e}"))
+    peergraph_tests::http_get(runtime, url).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -71,7 +62,7 @@ fn the_activity_map_shows_the_swapped_replica_its_alert_and_what_changed() {
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
         assert!(!pipeline.is_finished(), "the pipeline stopped early");
-        if let Ok((200, body)) = try_get(&runtime, &format!("{base}/graph")) {
+        if let Ok((200, body)) = peergraph_tests::http_get(&runtime, &format!("{base}/graph")) {
             let answer: GraphAnswer = serde_json::from_str(&body).expect("a graph answer");
             if answer.latest_ms as i64 >= START_MS + 330_000 {
                 break;

@@ -47,7 +47,6 @@ fn published_at(changes: &[GraphEdge], level: EdgeLevel, at: i64) -> Vec<EdgeRow
 
 struct Client {
     runtime: tokio::runtime::Runtime,
-    http: reqwest::Client,
     base: String,
 }
 
@@ -55,12 +54,9 @@ impl Client {
     /// `GET /graph?query`: the status and the JSON body, or why there was none.
     fn try_get(&self, query: &str) -> Result<(u16, serde_json::Value), String> {
         let url = format!("{}/graph?{query}", self.base);
-        self.runtime.block_on(async {
-            let response = self.http.get(&url).send().await.map_err(|e| format!("GET {url}: {e}"))?;
-            let status = response.status().as_u16();
-            let body = response.json().await.map_err(|e| format!("GET {url}: body is not JSON: {e}"))?;
-            Ok((status, body))
-        })
+        let (status, body) = peergraph_tests::http_get(&self.runtime, &url)?;
+        let body = serde_json::from_str(&body).map_err(|e| format!("GET {url}: body is not JSON: {e}"))?;
+        Ok((status, body))
     }
 
     fn get(&self, query: &str) -> (u16, serde_json::Value) {
@@ -105,7 +101,6 @@ fn the_graph_as_of_two_past_times_matches_what_was_published_then() {
     };
     let client = Client {
         runtime: tokio::runtime::Runtime::new().expect("tokio runtime"),
-        http: reqwest::Client::new(),
         base: format!("http://127.0.0.1:{port}"),
     };
 

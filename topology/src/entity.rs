@@ -58,6 +58,8 @@ pub enum AddressClass {
 }
 
 impl AddressClass {
+    pub const ALL: [AddressClass; 3] = [AddressClass::Multicast, AddressClass::Broadcast, AddressClass::Unspecified];
+
     /// The class of `ip`, if it is special.
     pub fn of(ip: IpAddr) -> Option<AddressClass> {
         match ip {
@@ -80,7 +82,7 @@ impl AddressClass {
 
 /// Whether a node is a special address (see [`AddressClass`]).
 pub fn is_special_node(node: &str) -> bool {
-    ["mcast:", "bcast:", "unspec:"].iter().any(|prefix| node.starts_with(prefix))
+    AddressClass::ALL.iter().any(|class| node.starts_with(class.prefix()))
 }
 
 impl Endpoint {
@@ -311,12 +313,11 @@ impl EntityResolver {
             }
         }
         match addr.parse::<IpAddr>() {
-            Ok(ip) if AddressClass::of(ip).is_some() => {
-                let class = AddressClass::of(ip).expect("checked");
-                Endpoint { entity: Name::joined(&[class.prefix(), addr]), workload: None }
-            }
-            Ok(ip) if self.is_internal_ip(ip) => Endpoint { entity: Name::joined(&["host:", addr]), workload: None },
-            Ok(ip) => Endpoint { entity: Name::joined(&["ext:", addr]), workload: self.external_group(ip).cloned() },
+            Ok(ip) => match AddressClass::of(ip) {
+                Some(class) => Endpoint { entity: Name::joined(&[class.prefix(), addr]), workload: None },
+                None if self.is_internal_ip(ip) => Endpoint { entity: Name::joined(&["host:", addr]), workload: None },
+                None => Endpoint { entity: Name::joined(&["ext:", addr]), workload: self.external_group(ip).cloned() },
+            },
             Err(_) => Endpoint { entity: Name::joined(&["ext:", addr]), workload: None },
         }
     }

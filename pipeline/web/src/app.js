@@ -122,15 +122,16 @@ function openAlertEntities() {
   return marked;
 }
 
+// Every busy edge's volume differs between two times: the map marks a changed edge only when
+// its flows at least doubled or halved (the header counts all of them).
+const doubledOrHalved = (c) => c.to.flows >= 2 * c.from.flows || 2 * c.to.flows <= c.from.flows;
+
 // Rebuilds the graph from the fetched edges (and the diff's removed ones), keeping positions.
 function rebuild() {
   const edges = aggregate(state.edges);
   const diff = state.diff;
   const added = new Set(diff ? diff.added.map(edgeKey) : []);
-  // Every busy edge's volume differs between two times; the map marks those whose flows at
-  // least doubled or halved (the header counts all of them).
-  const significant = (c) => c.to.flows >= 2 * c.from.flows || 2 * c.to.flows <= c.from.flows;
-  const changed = new Set(diff ? diff.changed.filter(significant).map((c) => edgeKey(c.to)) : []);
+  const changed = new Set(diff ? diff.changed.filter(doubledOrHalved).map((c) => edgeKey(c.to)) : []);
   const removed = diff ? aggregate(diff.removed) : [];
   graph.clear();
   let fresh = 0;
@@ -373,7 +374,7 @@ async function refresh() {
     if (state.from !== null && $("compare").checked) {
       const from = Math.max(state.oldest, Math.min(state.from, shownAt));
       state.diff = await getJson(graphUrl("graph/diff", { from: String(from), to: String(shownAt) }));
-      const doubled = state.diff.changed.filter((c) => c.to.flows >= 2 * c.from.flows || 2 * c.to.flows <= c.from.flows).length;
+      const doubled = state.diff.changed.filter(doubledOrHalved).length;
       $("diff-summary").textContent = `${state.diff.added.length} new, ${state.diff.removed.length} gone, ${state.diff.changed.length} changed volume (${doubled} by ×2 or more, marked)`;
     } else $("diff-summary").textContent = "";
     const alerts = await getJson(`alerts?at=${shownAt}&state=all`);
