@@ -2,9 +2,10 @@
 //! [`Volume`] to its edge at its epoch and takes it away at epoch + window, so the collection of
 //! edges, consolidated, *is* the windowed entity-level graph. The workload-level graph is a map.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
-use differential_dataflow::difference::Semigroup;
+use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::{Hashable, VecCollection};
 use peergraph_schemas::{EdgeLevel, GraphEdge};
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,15 @@ impl From<&Edge> for WorkloadEdge {
     }
 }
 
+/// The entity edges present in the window, each once: +1 when its first flow enters the window,
+/// −1 when its last one leaves. It changes only when an edge appears or goes, not with every flow,
+/// so the detectors that ask only who talks to whom (peer groups, peer-unique destinations,
+/// distinct destinations and ports, threat-intel addresses) do no work for traffic on edges they
+/// already know.
+pub fn live_edges<'s>(edges: VecCollection<'s, Epoch, Edge, Volume>) -> VecCollection<'s, Epoch, Edge> {
+    edges.distinct_total()
+}
+
 /// The windowed service graph at workload level, with the summed volume of its entity edges.
 pub fn workload_graph<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
@@ -69,6 +79,13 @@ pub type GraphKey = (EdgeLevel, Name, Name, u16, u8);
 
 /// The windowed service graph, at entity and at workload level, with each edge's volume and its
 /// first-seen and last-seen epochs within the window.
+///
+/// Exactly what a `reduce` per key over its epochs in the window would give (the volume is the sum
+/// of the key's consolidated updates; first and last seen the least and greatest epoch whose
+/// flows still count), but kept by one operator that holds, per key, its running volume and the
+/// flow count of each epoch in the window. A change of a key costs a search in its own epochs,
+/// not a replay of every epoch's history as a reduce does: the reduce was a third of the
+/// dataflow's time and its arrangements a third of its memory (docs/performance.md).
 pub fn service_graph<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
 ) -> VecCollection<'s, Epoch, (GraphKey, EdgeState)> {
@@ -79,19 +96,101 @@ pub fn service_graph<'s>(
             ((EdgeLevel::Workload, workload.src, workload.dst, workload.dst_port, workload.protocol), epoch),
         ]
     });
-    // One reduce per key over its epochs in the window: the volume is the sum of the epochs'
-    // consolidated differences, first and last seen the least and greatest epoch with flows.
-    // (Epochs whose contacts all left the window have consolidated away.)
-    keyed.reduce(|_key, epochs: &[(&Epoch, Volume)], output| {
-        let mut volume = Volume::default();
-        for (_, contribution) in epochs {
-            volume.plus_equals(contribution);
+    type Contact = ((GraphKey, Epoch), Epoch, Volume);
+    let route = Exchange::new(|update: &Contact| update.0 .0.hashed());
+    let changes =
+        keyed.inner.unary_frontier::<CapacityContainerBuilder<Vec<((GraphKey, EdgeState), Epoch, isize)>>, _, _, _>(
+            route,
+            "GraphWindow",
+            |_, _| {
+                let mut windows: HashMap<GraphKey, KeyWindow> = HashMap::new();
+                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<((GraphKey, Epoch), Volume)>)> =
+                    BTreeMap::new();
+                move |(input, frontier), output| {
+                    input.for_each(|cap, updates| {
+                        for (contact, time, volume) in updates.drain(..) {
+                            pending
+                                .entry(time)
+                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+                                .1
+                                .push((contact, volume));
+                        }
+                    });
+                    // Closed times in order: each key's updates of the time at once, then its change.
+                    while let Some(entry) = pending.first_entry() {
+                        let time = *entry.key();
+                        if frontier.less_equal(&time) {
+                            break;
+                        }
+                        let (cap, mut updates) = entry.remove();
+                        differential_dataflow::consolidation::consolidate(&mut updates);
+                        let mut session = output.session(&cap);
+                        let mut rest = &updates[..];
+                        while let Some(((key, _), _)) = rest.first() {
+                            let same = rest.iter().take_while(|((k, _), _)| k == key).count();
+                            let (own, others) = rest.split_at(same);
+                            rest = others;
+                            let window = windows.entry(key.clone()).or_default();
+                            let before = window.state();
+                            for ((_, epoch), volume) in own {
+                                window.add(*epoch, volume);
+                            }
+                            let after = window.state();
+                            if window.is_empty() {
+                                windows.remove(key);
+                            }
+                            if before != after {
+                                if let Some(state) = before {
+                                    session.give(((key.clone(), state), time, -1));
+                                }
+                                if let Some(state) = after {
+                                    session.give(((key.clone(), state), time, 1));
+                                }
+                            }
+                        }
+                    }
+                }
+            },
+        );
+    VecCollection::new(changes)
+}
+
+/// One graph key's contacts in the window: the sum of their volumes and, for each epoch whose
+/// updates have not consolidated away, its flow count, ascending by epoch (at most window / tick
+/// entries; contacts arrive in time order, so an entry is added at the end and leaves from the
+/// front).
+#[derive(Default)]
+struct KeyWindow {
+    volume: Volume,
+    epochs: Vec<(Epoch, i64)>,
+}
+
+impl KeyWindow {
+    fn add(&mut self, epoch: Epoch, volume: &Volume) {
+        self.volume.plus_equals(volume);
+        match self.epochs.binary_search_by_key(&epoch, |(e, _)| *e) {
+            Ok(at) => {
+                self.epochs[at].1 += volume.flows;
+                if self.epochs[at].1 == 0 {
+                    self.epochs.remove(at);
+                }
+            }
+            Err(at) if volume.flows != 0 => self.epochs.insert(at, (epoch, volume.flows)),
+            Err(_) => {}
         }
-        let with_flows = || epochs.iter().filter(|(_, contribution)| contribution.flows > 0).map(|(epoch, _)| **epoch);
-        if let (Some(first_seen), Some(last_seen)) = (with_flows().next(), with_flows().next_back()) {
-            output.push((EdgeState { volume, first_seen, last_seen }, 1));
-        }
-    })
+    }
+
+    /// The key's state: none while no epoch in the window has flows.
+    fn state(&self) -> Option<EdgeState> {
+        let mut with_flows = self.epochs.iter().filter(|(_, flows)| *flows > 0).map(|(epoch, _)| *epoch);
+        let first_seen = with_flows.next()?;
+        let last_seen = with_flows.next_back().unwrap_or(first_seen);
+        Some(EdgeState { volume: self.volume, first_seen, last_seen })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.epochs.is_empty() && self.volume.is_zero()
+    }
 }
 
 /// `(workload edge, first seen)`: the earliest epoch in the window of every workload-level edge,
@@ -196,6 +295,27 @@ mod tests {
             later.iter().find(|((key, _), _)| key.0 == EdgeLevel::Entity && key.1 == "pod:shop/web-1").unwrap();
         assert_eq!((entity.0 .1.first_seen, entity.0 .1.volume.flows), (3000, 2));
         assert!(later.iter().all(|(_, n)| *n == 1));
+    }
+
+    #[test]
+    fn a_key_window_forgets_epochs_whose_flows_left_and_keeps_its_volume_exact() {
+        let mut window = KeyWindow::default();
+        let contact = crate::testing::vol(2, 0, 100, 10);
+        window.add(3000, &contact);
+        window.add(1000, &contact);
+        let state = window.state().unwrap();
+        assert_eq!(
+            (state.first_seen, state.last_seen, state.volume.flows, state.volume.bytes_out),
+            (1000, 3000, 4, 200)
+        );
+        // The contact at 1000 leaves the window: first seen moves on, the volume drops with it.
+        window.add(1000, &contact.negated());
+        let state = window.state().unwrap();
+        assert_eq!((state.first_seen, state.last_seen, state.volume.flows), (3000, 3000, 2));
+        assert_eq!(window.epochs, vec![(3000, 2)]);
+        window.add(3000, &contact.negated());
+        assert_eq!(window.state(), None);
+        assert!(window.is_empty());
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! everything else: an entity leaves its group when its last flow leaves the window, and an
 //! unlabelled server whose served services change moves to the group of its new profile.
 
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -64,19 +65,22 @@ pub fn answers_a_service(edge: &Edge) -> bool {
 }
 
 /// `(entity, group)` for every entity seen in the window that belongs to a group.
+///
+/// `live` is `edges` each once ([`crate::graph::live_edges`]): labelled membership needs only it;
+/// served-port profiles count answered flows, so they read `edges`.
 pub fn membership<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
+    live: VecCollection<'s, Epoch, Edge>,
     config: &PeerGroupsConfig,
 ) -> VecCollection<'s, Epoch, (Name, Name)> {
-    let labelled = edges
-        .clone()
+    let labelled = live
         .flat_map(|edge| {
             [edge.src, edge.dst].into_iter().filter_map(|end| {
                 let group = end.peer_group()?.clone();
                 Some((end.entity, group))
             })
         })
-        .distinct();
+        .distinct_total();
     if !config.served_port_profiles {
         return labelled;
     }
@@ -102,7 +106,7 @@ pub fn membership<'s>(
 
 /// `(group, members)` for every group, counting the members seen in the window.
 pub fn group_sizes<'s>(members: VecCollection<'s, Epoch, (Name, Name)>) -> VecCollection<'s, Epoch, (Name, isize)> {
-    members.map(|(_entity, group)| group).count()
+    members.map(|(_entity, group)| group).count_total()
 }
 
 #[cfg(test)]
@@ -187,7 +191,7 @@ mod tests {
         let mut scenario = Scenario::new(WINDOW);
         scenario.contacts = contacts;
         let config = config.clone();
-        run_scenario(&scenario, 26, move |inputs| membership(inputs.edges, &config))
+        run_scenario(&scenario, 26, move |inputs| membership(inputs.edges, inputs.live, &config))
             .into_iter()
             .map(|(t, snapshot)| {
                 (t, as_set(&snapshot).into_iter().map(|(e, g)| (e.to_string(), g.to_string())).collect())

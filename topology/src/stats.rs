@@ -4,6 +4,7 @@
 //! consolidation keeps them current as the window slides — and the robust median / MAD.
 
 use differential_dataflow::difference::{Abelian, IsZero, Monoid, Multiply, Semigroup};
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -141,11 +142,15 @@ pub type MemberFeatures<'s> = VecCollection<'s, Epoch, ((Name, Feature), (Name, 
 pub const MIN_CONNECTIONS_FOR_RATIO: i64 = 10;
 
 /// `(entity, feature) → value` for every source entity in the window.
+///
+/// `live` is `edges` each once ([`crate::graph::live_edges`]): the distinct destinations and
+/// ports are counted from it, the volumes from `edges`.
 pub fn entity_features<'s>(
     edges: VecCollection<'s, Epoch, Edge, Volume>,
+    live: VecCollection<'s, Epoch, Edge>,
 ) -> VecCollection<'s, Epoch, ((Name, Feature), i64)> {
     // The windowed totals per source are the consolidated differences; `count` turns them into data.
-    let totals = edges.clone().map(|edge| edge.src.entity).count().flat_map(|(entity, total): (Name, Volume)| {
+    let totals = edges.clone().map(|edge| edge.src.entity).count_total().flat_map(|(entity, total): (Name, Volume)| {
         // A ratio over a handful of connections is noise (one failure in three is "333 ‰"):
         // below `MIN_CONNECTIONS_FOR_RATIO` the entity has no failed-ratio feature.
         let failed = (total.flows >= MIN_CONNECTIONS_FOR_RATIO).then(|| total.failed * 1000 / total.flows);
@@ -158,18 +163,18 @@ pub fn entity_features<'s>(
         .into_iter()
         .filter_map(move |(feature, value)| value.map(|value| ((entity.clone(), feature), value)))
     });
-    let destinations = edges
+    let destinations = live
         .clone()
         .map(|edge| (edge.src.entity.clone(), edge.dst.node().to_owned()))
-        .distinct()
+        .distinct_total()
         .map(|(entity, _)| entity)
-        .count()
+        .count_total()
         .map(|(entity, n)| ((entity, Feature::Destinations), n as i64));
-    let ports = edges
+    let ports = live
         .map(|edge| (edge.src.entity, edge.dst_port))
-        .distinct()
+        .distinct_total()
         .map(|(entity, _)| entity)
-        .count()
+        .count_total()
         .map(|(entity, n)| ((entity, Feature::DestinationPorts), n as i64));
     totals.concat(destinations).concat(ports)
 }
@@ -187,7 +192,7 @@ pub fn member_features<'s>(
 
 /// `((group, feature), moments)`: the exact count, sum and sum of squares over the members.
 pub fn group_moments<'s>(member_features: MemberFeatures<'s>) -> VecCollection<'s, Epoch, ((Name, Feature), Moments)> {
-    member_features.explode(|(key, (_member, value))| Some((key, Moments::of(value)))).count()
+    member_features.explode(|(key, (_member, value))| Some((key, Moments::of(value)))).count_total()
 }
 
 /// `((group, feature), median / MAD)` over the members' values.
@@ -319,8 +324,10 @@ mod tests {
             let times: Vec<Epoch> = (1..=26).map(|s| s * 1000).collect();
             let states = run_collection_at(contacts.clone(), WINDOW, times.clone(), |contacts| {
                 let edges = contacts.map(|(edge, _)| edge);
-                let members = crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only());
-                let features = member_features(entity_features(edges), members);
+                let live = crate::graph::live_edges(edges.clone());
+                let labelled = crate::peers::PeerGroupsConfig::labelled_only();
+                let members = crate::peers::membership(edges.clone(), live.clone(), &labelled);
+                let features = member_features(entity_features(edges, live), members);
                 let moments = group_moments(features.clone()).map(|(k, m)| (k, Some(m), None, None));
                 let robust = group_robust(features.clone()).map(|(k, r)| (k, None, Some(r), None));
                 features.map(|(k, mv)| (k, None, None, Some(mv))).concat(moments).concat(robust)

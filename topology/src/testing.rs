@@ -23,11 +23,17 @@ pub fn edge(src: &str, src_workload: Option<&str>, dst: &str, dst_workload: Opti
 /// Detector inputs derived from `contacts` alone (no indicators, no history).
 pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>) -> DetectorInputs<'s> {
     let edges = contacts.clone().map(|(edge, _)| edge);
+    let live = crate::graph::live_edges(edges.clone());
     let scope = contacts.scope();
     DetectorInputs {
         first_contacts: crate::graph::first_contacts(crate::graph::service_graph(contacts.clone())),
-        members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
+        members: crate::peers::membership(
+            edges.clone(),
+            live.clone(),
+            &crate::peers::PeerGroupsConfig::labelled_only(),
+        ),
         edges,
+        live,
         contacts,
         indicators: differential_dataflow::collection::concatenate(scope, Vec::new()),
         history: differential_dataflow::collection::concatenate(scope, Vec::new()),
@@ -262,6 +268,7 @@ where
             let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
             let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
             let edges = contacts.clone().map(|(edge, _)| edge);
+            let live = crate::graph::live_edges(edges.clone());
             let time = scenario.time();
             let volumes = if scenario.with_history {
                 crate::volume_history::volume_history(contacts.clone(), history.scope().new_collection().1, &time, 0).0
@@ -270,8 +277,13 @@ where
             };
             let inputs = DetectorInputs {
                 first_contacts: crate::graph::first_contacts(crate::graph::service_graph(contacts.clone())),
-                members: crate::peers::membership(edges.clone(), &crate::peers::PeerGroupsConfig::labelled_only()),
+                members: crate::peers::membership(
+                    edges.clone(),
+                    live.clone(),
+                    &crate::peers::PeerGroupsConfig::labelled_only(),
+                ),
                 edges,
+                live,
                 contacts,
                 indicators,
                 history,

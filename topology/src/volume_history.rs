@@ -17,6 +17,7 @@
 //!
 //! [`exfil::leaving`]: crate::detectors::exfil::leaving
 
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::VecCollection;
 use timely::dataflow::operators::vec::Map;
 
@@ -74,7 +75,7 @@ pub fn volume_history<'s>(
         .delay(move |epoch| settles_at(&enter, enter.history_epoch_of(*epoch)))
         .concat(sent.negate().delay(move |epoch| expires_at(&leave, leave.history_epoch_of(*epoch))));
     let derived =
-        timed.map(|tick| (tick, ())).antijoin(restored.clone().distinct()).map(|(tick, ())| tick).consolidate();
+        timed.map(|tick| (tick, ())).antijoin(restored.clone().distinct_total()).map(|(tick, ())| tick).consolidate();
     (derived.clone().concat(restored), derived)
 }
 

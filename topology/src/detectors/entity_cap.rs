@@ -6,6 +6,7 @@
 //! beyond `input.max_sources`): a flood from more distinct sources than the pipeline keeps,
 //! spoofed or a botnet, found at its target.
 
+use differential_dataflow::operators::ThresholdTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -28,7 +29,7 @@ impl Default for EntityCapConfig {
 
 pub fn detect<'s>(_config: &EntityCapConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
     let flooded =
-        inputs.edges.clone().filter(|edge| edge.src.is_overflow_sources()).map(|edge| edge.dst.entity).distinct().map(
+        inputs.live.clone().filter(|edge| edge.src.is_overflow_sources()).map(|edge| edge.dst.entity).distinct_total().map(
             |target| Finding {
                 alert_id: alert_id(DETECTOR, &target, "sources"),
                 detector: DETECTOR.to_owned(),
@@ -43,7 +44,7 @@ pub fn detect<'s>(_config: &EntityCapConfig, inputs: &DetectorInputs<'s>) -> Vec
                 techniques: vec!["T1498".to_owned()],
             },
         );
-    let sweeping = inputs.edges.clone().filter(|edge| edge.dst.is_overflow()).map(|edge| edge.src.entity).distinct().map(|source| Finding {
+    let sweeping = inputs.live.clone().filter(|edge| edge.dst.is_overflow()).map(|edge| edge.src.entity).distinct_total().map(|source| Finding {
         alert_id: alert_id(DETECTOR, &source, "destinations"),
         detector: DETECTOR.to_owned(),
         summary: format!(

@@ -9,6 +9,7 @@
 
 use std::cmp::Reverse;
 
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use timely::dataflow::operators::vec::Map;
@@ -140,7 +141,7 @@ pub fn detect<'s>(config: &ExfilConfig, inputs: &DetectorInputs<'s>) -> VecColle
                 .filter(|(_, _, bytes)| *bytes != 0)
                 .map(|(entity, destination, bytes)| ((entity, destination), time, bytes as isize))
         }));
-    let totals = sent.clone().map(|(entity, _)| entity).count();
+    let totals = sent.clone().map(|(entity, _)| entity).count_total();
 
     // (group, (members, Σ bytes)) over the members seen in the window, silent ones included.
     let group_sums = inputs
@@ -150,7 +151,7 @@ pub fn detect<'s>(config: &ExfilConfig, inputs: &DetectorInputs<'s>) -> VecColle
         .concat(
             inputs.members.clone().join(totals.clone()).explode(|(_, (group, bytes))| Some((group, (0isize, bytes)))),
         )
-        .count()
+        .count_total()
         .filter(move |(_, (members, _))| *members >= min_group_size);
 
     let candidates = totals.clone().filter(move |(_, bytes)| *bytes >= floor as isize);
@@ -168,7 +169,7 @@ pub fn detect<'s>(config: &ExfilConfig, inputs: &DetectorInputs<'s>) -> VecColle
         .map(|(entity, group)| (group, entity))
         .semijoin(group_sums.map(|(group, _)| group))
         .map(|(_, entity)| entity)
-        .distinct();
+        .distinct_total();
     let ungrouped = candidates.antijoin(in_usable_group).map(|(entity, bytes)| (entity, (bytes, Baseline::Ungrouped)));
 
     // Each candidate with its own baseline, where it has one (a left outer join).
@@ -196,8 +197,8 @@ pub fn detect<'s>(config: &ExfilConfig, inputs: &DetectorInputs<'s>) -> VecColle
     let reported = judged.filter(move |(_, (bytes, baseline, own))| exceeds(&config_, *bytes, baseline, own.as_ref()));
 
     // The destinations that received most, and how many there were.
-    let per_destination = sent.count();
-    let destinations = per_destination.clone().map(|((entity, _), _)| entity).count();
+    let per_destination = sent.count_total();
+    let destinations = per_destination.clone().map(|((entity, _), _)| entity).count_total();
     let top = smallest(
         per_destination.map(|((entity, destination), bytes)| (entity, (Reverse(bytes), ByText(destination)))),
         config.evidence_destinations,

@@ -10,6 +10,7 @@
 
 use std::net::IpAddr;
 
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::VecCollection;
 use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
@@ -94,10 +95,10 @@ type Hit = (Name, Option<Name>, Direction, IpAddr);
 pub fn detect<'s>(config: &IntelConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
     let inbound = config.inbound;
     let addresses = inputs
-        .edges
+        .live
         .clone()
         .flat_map(|edge| [address(&edge.src.entity), address(&edge.dst.entity)].into_iter().flatten())
-        .distinct();
+        .distinct_total();
     let listed =
         inputs.indicators.clone().flat_map(|ind| keyed(&ind.network).into_iter().map(move |net| (net, ind.clone())));
     let matched = addresses
@@ -122,7 +123,7 @@ pub fn detect<'s>(config: &IntelConfig, inputs: &DetectorInputs<'s>) -> VecColle
 
     ends.join(matched)
         .map(|(addr, ((entity, workload, direction), indicator))| ((entity, workload, direction, addr), indicator))
-        .count()
+        .count_total()
         .map(|((hit, (indicator, matches)), volume)| finding(hit, &indicator, matches, &volume))
 }
 

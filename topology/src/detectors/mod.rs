@@ -76,6 +76,9 @@ pub struct DetectorInputs<'s> {
     pub contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
     /// The windowed entity-level service graph: `contacts` without the epoch.
     pub edges: VecCollection<'s, Epoch, Edge, Volume>,
+    /// The entity edges present in the window, each once ([`crate::graph::live_edges`]): for
+    /// detectors that need only who talks to whom, so that traffic on a known edge costs them nothing.
+    pub live: VecCollection<'s, Epoch, Edge>,
     /// `(workload edge, first epoch in the window)` for every workload edge in the window: the
     /// service graph's workload-level first-seen (see [`crate::graph::first_contacts`]).
     pub first_contacts: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,

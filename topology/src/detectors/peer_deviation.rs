@@ -95,7 +95,7 @@ pub fn deviation(
 }
 
 pub fn detect<'s>(config: &PeerDeviationConfig, inputs: &DetectorInputs<'s>) -> VecCollection<'s, Epoch, Finding> {
-    let features = member_features(entity_features(inputs.edges.clone()), inputs.members.clone());
+    let features = member_features(entity_features(inputs.edges.clone(), inputs.live.clone()), inputs.members.clone());
     let moments = group_moments(features.clone());
     let robust = group_robust(features.clone());
     // The statistics take every member; only members above the feature's floor can deviate, and

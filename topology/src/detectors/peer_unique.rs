@@ -2,6 +2,7 @@
 //! talks to a destination that no other member of its group touches in the window. The
 //! signature of a replica whose image was swapped for a malicious one. ATT&CK T1071, T1195.002.
 
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -39,7 +40,7 @@ pub fn peer_unique_destinations<'s>(
     inputs: &DetectorInputs<'s>,
 ) -> VecCollection<'s, Epoch, Finding> {
     let min_group_size = config.min_group_size as isize;
-    let (edges, members) = (inputs.edges.clone(), inputs.members.clone());
+    let (edges, members) = (inputs.live.clone(), inputs.members.clone());
 
     // (entity, destination) pairs present in the window. A multicast group, the broadcast or the
     // unspecified address is no destination a host chose (each host joins its own
@@ -47,7 +48,7 @@ pub fn peer_unique_destinations<'s>(
     let contacts = edges
         .filter(|edge| !edge.dst.is_special())
         .map(|edge| (edge.src.entity.clone(), edge.dst.node().clone()))
-        .distinct();
+        .distinct_total();
 
     // ((group, destination), member) for every member of a group that touches the destination.
     let group_contacts =
@@ -57,7 +58,7 @@ pub fn peer_unique_destinations<'s>(
     let unique = group_contacts
         .clone()
         .map(|(group_destination, _member)| group_destination)
-        .count()
+        .count_total()
         .filter(|(_, members)| *members == 1)
         .map(|(group_destination, _)| (group_destination, ()));
 
@@ -75,14 +76,14 @@ pub fn peer_unique_destinations<'s>(
         return per_member.map(|(member, (destination, group, size))| finding(member, destination, group, size));
     }
     let most = config.max_findings_per_entity as isize;
-    let counts = per_member.clone().map(|(member, _)| member).count();
+    let counts = per_member.clone().map(|(member, _)| member).count_total();
     let few = counts.clone().filter(move |(_, n)| *n <= most).map(|(member, _)| member);
     let one_each = per_member
         .clone()
         .semijoin(few)
         .map(|(member, (destination, group, size))| finding(member, destination, group, size));
     let sample = smallest(per_member.clone().map(|(member, (destination, _, _))| (member, destination)), SAMPLE);
-    let context = per_member.map(|(member, (_, group, size))| (member, (group, size))).distinct();
+    let context = per_member.map(|(member, (_, group, size))| (member, (group, size))).distinct_total();
     let one_for_all = counts
         .filter(move |(_, n)| *n > most)
         .join(sample)

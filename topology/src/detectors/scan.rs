@@ -2,6 +2,7 @@
 //! many destinations (horizontal sweep) in the window, most of them unanswered. ATT&CK T1046.
 //! Counts live in the difference type, so each change costs O(1) however large the scan.
 
+use differential_dataflow::operators::CountTotal;
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
@@ -78,7 +79,7 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
     let vertical = targets
         .clone()
         .explode(|((src, dst, _, _), unanswered)| Some(((src, dst), (1isize, unanswered as isize))))
-        .count()
+        .count_total()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_ports, min_percent));
     let vertical_sample =
         smallest(targets.clone().map(|((src, dst, port, proto), _)| ((src, dst), (port, proto))), sample);
@@ -91,7 +92,7 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
     let horizontal = targets
         .clone()
         .explode(|((src, _, port, proto), unanswered)| Some(((src, port, proto), (1isize, unanswered as isize))))
-        .count()
+        .count_total()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_hosts, min_percent));
     // The sample a person reads: the destinations first in name order.
     let horizontal_sample =
