@@ -10,7 +10,7 @@ use crate::assets::{asset_matches, resolve_assets, resolve_history, weigh_by_cri
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
 use crate::graph::{first_contacts, graph_changes, live_edges, service_graph, Edge, WorkloadEdge};
-use crate::graph_history::{arrange_graph, graph_updates, GraphArrangement};
+use crate::graph_history::{arrange_graph, GraphArrangement};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::{membership, PeerGroupsConfig};
 use crate::time::{Epoch, TimeConfig};
@@ -90,9 +90,12 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     };
     let findings = weigh_by_criticality(findings(&config.detectors, &detector_inputs), matches);
     let observed = observation_start(edges.clone());
+    // The changelog reads the graph's changes as they are made (each key's, consolidated per
+    // epoch, on the worker that owns it), not back out of the arrangement.
+    let changes = graph_changes(service.clone(), config.time.window_ms());
     let graph = arrange_graph(service);
     Outputs {
-        graph_changes: graph_changes(graph_updates(graph.clone()), config.time.window_ms()),
+        graph_changes: changes,
         graph,
         alerts: alert_lifecycle(findings.clone(), observed, timings, config.lifecycle.resumed.clone()),
         findings,

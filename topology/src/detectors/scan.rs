@@ -2,11 +2,12 @@
 //! many destinations (horizontal sweep) in the window, most of them unanswered. ATT&CK T1046.
 //! Counts live in the difference type, so each change costs O(1) however large the scan.
 
-use differential_dataflow::operators::CountTotal;
+use differential_dataflow::operators::{CountTotal, ThresholdTotal};
 use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 
 use super::{alert_id, service, smallest, DetectorInputs, Finding};
+use crate::graph::Edge;
 use crate::name::{ByText, Name};
 use crate::time::Epoch;
 use crate::volume::Volume;
@@ -65,12 +66,13 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
     let tiny = config.tiny_flow_bytes;
     let sample = config.evidence_sample;
 
-    // Each target once, with whether it went unanswered; changes only when that flips.
-    let targets: VecCollection<'s, Epoch, (Target, bool)> = inputs
-        .edges
-        .clone()
-        .map(|edge| ((edge.src.entity, edge.dst.entity, edge.dst_port, edge.protocol), ()))
-        .reduce(move |_target, input, output| output.push((unanswered(&input[0].1, tiny), 1isize)));
+    // Each target once, with (1, whether it went unanswered) as its difference: it changes only
+    // when that flips (a threshold over the target's windowed volume, no output trace).
+    let target = |edge: Edge| (edge.src.entity, edge.dst.entity, edge.dst_port, edge.protocol);
+    let targets: VecCollection<'s, Epoch, Target, (isize, isize)> =
+        inputs.edges.clone().map(target).threshold_total(move |_target, volume| (1, unanswered(volume, tiny) as isize));
+    // The targets present, for the evidence samples (which ignore multiplicities).
+    let present = inputs.live.clone().map(target);
 
     let (min_ports, min_hosts, min_percent) =
         (config.min_distinct_ports, config.min_distinct_hosts, config.min_unanswered_percent);
@@ -78,11 +80,10 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
     // Vertical: per (source, destination), (services, unanswered services).
     let vertical = targets
         .clone()
-        .explode(|((src, dst, _, _), unanswered)| Some(((src, dst), (1isize, unanswered as isize))))
+        .map(|(src, dst, _, _)| (src, dst))
         .count_total()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_ports, min_percent));
-    let vertical_sample =
-        smallest(targets.clone().map(|((src, dst, port, proto), _)| ((src, dst), (port, proto))), sample);
+    let vertical_sample = smallest(present.clone().map(|(src, dst, port, proto)| ((src, dst), (port, proto))), sample);
     let vertical = vertical.join(vertical_sample).map(move |((src, dst), ((total, unanswered), ports))| {
         let ports = ports.iter().map(|(port, proto)| service(*port, *proto)).collect();
         finding(Kind::Vertical, src, dst.to_string(), total, unanswered, ports, min_ports, min_percent)
@@ -90,13 +91,11 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
 
     // Horizontal: per (source, service), (destinations, unanswered destinations).
     let horizontal = targets
-        .clone()
-        .explode(|((src, _, port, proto), unanswered)| Some(((src, port, proto), (1isize, unanswered as isize))))
+        .map(|(src, _, port, proto)| (src, port, proto))
         .count_total()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_hosts, min_percent));
     // The sample a person reads: the destinations first in name order.
-    let horizontal_sample =
-        smallest(targets.map(|((src, dst, port, proto), _)| ((src, port, proto), ByText(dst))), sample);
+    let horizontal_sample = smallest(present.map(|(src, dst, port, proto)| ((src, port, proto), ByText(dst))), sample);
     let horizontal =
         horizontal.join(horizontal_sample).map(move |((src, port, proto), ((total, unanswered), hosts))| {
             let hosts = hosts.into_iter().map(|ByText(host)| host.to_string()).collect();
