@@ -29,7 +29,9 @@
 //! With `PEERGRAPH_BENCH_OPERATORS=N` set, worker 0 also prints the N operators that took the most
 //! time (timely's scheduling log), to say where a tick's cost goes, and the N arrangements that
 //! hold the most updates at the end of the load (differential's batch / merge / drop log), with
-//! how many arrangements the dataflow has: to say where its memory goes.
+//! how many arrangements the dataflow has: to say where its memory goes. With
+//! `PEERGRAPH_BENCH_PROFILE_CHURN=1` as well, the operator times cover the churn phase only (the
+//! settling window and the quiet ticks): where a quiet tick's cost goes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -400,6 +402,10 @@ fn main() {
         let rss_loaded = rss_bytes();
         if let Some(times) = operator_times.as_ref() {
             times.borrow().print_arrangements(profile_top);
+            if std::env::var_os("PEERGRAPH_BENCH_PROFILE_CHURN").is_some() {
+                // Time only the churn phase (the settling window and the quiet ticks).
+                times.borrow_mut().spent.clear();
+            }
         }
         // What the history holds, and one read of the whole entity-level graph half a retention ago.
         let held = history.as_mut().map(|history| {

@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, HashMap};
 
 use differential_dataflow::difference::{IsZero, Semigroup};
+use differential_dataflow::operators::arrange::{Arranged, TraceAgent};
 use differential_dataflow::operators::ThresholdTotal;
+use differential_dataflow::trace::implementations::KeySpine;
 use differential_dataflow::{Hashable, VecCollection};
 use peergraph_schemas::{EdgeLevel, GraphEdge};
 use serde::{Deserialize, Serialize};
@@ -50,12 +52,22 @@ impl From<&Edge> for WorkloadEdge {
     }
 }
 
+/// The windowed entity-level edges arranged by edge, each with its volume in the window as the
+/// difference: the one arrangement of every contact's edge, shared by [`live_edges`] and by the
+/// joins that need an edge's volume (threat intel).
+pub type EdgeArrangement<'s> = Arranged<'s, TraceAgent<KeySpine<Edge, Epoch, Volume>>>;
+
+/// Arranges the windowed entity-level edges by edge, once.
+pub fn arrange_edges<'s>(edges: VecCollection<'s, Epoch, Edge, Volume>) -> EdgeArrangement<'s> {
+    edges.arrange_by_self_named("Edges")
+}
+
 /// The entity edges present in the window, each once: +1 when its first flow enters the window,
 /// −1 when its last one leaves. It changes only when an edge appears or goes, not with every flow,
 /// so the detectors that ask only who talks to whom (peer groups, peer-unique destinations,
-/// distinct destinations and ports, threat-intel addresses) do no work for traffic on edges they
-/// already know.
-pub fn live_edges<'s>(edges: VecCollection<'s, Epoch, Edge, Volume>) -> VecCollection<'s, Epoch, Edge> {
+/// distinct destinations and ports, threat-intel addresses, scan samples) do no work for traffic
+/// on edges they already know.
+pub fn live_edges<'s>(edges: EdgeArrangement<'s>) -> VecCollection<'s, Epoch, Edge> {
     edges.distinct_total()
 }
 

@@ -324,7 +324,7 @@ mod tests {
             let times: Vec<Epoch> = (1..=26).map(|s| s * 1000).collect();
             let states = run_collection_at(contacts.clone(), WINDOW, times.clone(), |contacts| {
                 let edges = contacts.map(|(edge, _)| edge);
-                let live = crate::graph::live_edges(edges.clone());
+                let live = crate::graph::live_edges(crate::graph::arrange_edges(edges.clone()));
                 let labelled = crate::peers::PeerGroupsConfig::labelled_only();
                 let members = crate::peers::membership(edges.clone(), live.clone(), &labelled);
                 let features = member_features(entity_features(edges, live), members);

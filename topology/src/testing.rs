@@ -23,7 +23,8 @@ pub fn edge(src: &str, src_workload: Option<&str>, dst: &str, dst_workload: Opti
 /// Detector inputs derived from `contacts` alone (no indicators, no history).
 pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>) -> DetectorInputs<'s> {
     let edges = contacts.clone().map(|(edge, _)| edge);
-    let live = crate::graph::live_edges(edges.clone());
+    let by_edge = crate::graph::arrange_edges(edges.clone());
+    let live = crate::graph::live_edges(by_edge.clone());
     let scope = contacts.scope();
     DetectorInputs {
         first_contacts: crate::graph::first_contacts(crate::graph::service_graph(contacts.clone())),
@@ -34,6 +35,7 @@ pub fn detector_inputs<'s>(contacts: VecCollection<'s, Epoch, (Edge, Epoch), Vol
         ),
         edges,
         live,
+        by_edge,
         contacts,
         indicators: differential_dataflow::collection::concatenate(scope, Vec::new()),
         history: differential_dataflow::collection::concatenate(scope, Vec::new()),
@@ -268,7 +270,8 @@ where
             let (indicators_in, indicators) = scope.new_collection::<Indicator, isize>();
             let (history_in, history) = scope.new_collection::<(WorkloadEdge, Epoch), isize>();
             let edges = contacts.clone().map(|(edge, _)| edge);
-            let live = crate::graph::live_edges(edges.clone());
+            let by_edge = crate::graph::arrange_edges(edges.clone());
+            let live = crate::graph::live_edges(by_edge.clone());
             let time = scenario.time();
             let volumes = if scenario.with_history {
                 crate::volume_history::volume_history(contacts.clone(), history.scope().new_collection().1, &time, 0).0
@@ -284,6 +287,7 @@ where
                 ),
                 edges,
                 live,
+                by_edge,
                 contacts,
                 indicators,
                 history,

@@ -9,7 +9,7 @@ use timely::dataflow::Stream;
 use crate::assets::{asset_matches, resolve_assets, resolve_history, weigh_by_criticality, AssetRecord};
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
-use crate::graph::{first_contacts, graph_changes, live_edges, service_graph, Edge, WorkloadEdge};
+use crate::graph::{arrange_edges, first_contacts, graph_changes, live_edges, service_graph, Edge, WorkloadEdge};
 use crate::graph_history::{arrange_graph, GraphArrangement};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::{membership, PeerGroupsConfig};
@@ -73,7 +73,8 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let matches = asset_matches(inputs.contacts.clone(), inputs.assets);
     let contacts = resolve_assets(inputs.contacts, matches.clone());
     let edges = contacts.clone().map(|(edge, _epoch)| edge);
-    let live = live_edges(edges.clone());
+    let by_edge = arrange_edges(edges.clone());
+    let live = live_edges(by_edge.clone());
     let service = service_graph(contacts.clone());
     let (volumes, volume_records) =
         volume_history(contacts.clone(), inputs.volumes, &config.time, config.complete_from);
@@ -82,6 +83,7 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
         members: membership(edges.clone(), live.clone(), &config.peer_groups),
         edges: edges.clone(),
         live,
+        by_edge,
         contacts,
         indicators: inputs.indicators,
         history: resolve_history(inputs.history, matches.clone()),

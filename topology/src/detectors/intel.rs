@@ -111,18 +111,28 @@ pub fn detect<'s>(config: &IntelConfig, inputs: &DetectorInputs<'s>) -> VecColle
             }
         });
 
-    // Both ends of every edge, keyed by address, seen from the other end.
-    let ends = inputs.edges.clone().flat_map(move |edge| {
+    // Both ends of every live edge, keyed by address, seen from the other end.
+    let ends = inputs.live.clone().flat_map(move |edge| {
         let outbound = address(&edge.dst.entity)
             .map(|addr| (addr, (edge.src.entity.clone(), edge.src.peer_group().cloned(), Direction::Outbound)));
         let inbound = address(&edge.src.entity)
             .filter(|_| inbound)
             .map(|addr| (addr, (edge.dst.entity.clone(), edge.dst.peer_group().cloned(), Direction::Inbound)));
-        outbound.into_iter().chain(inbound)
+        outbound.into_iter().chain(inbound).map(move |(addr, end)| (addr, (edge.clone(), end)))
     });
-
-    ends.join(matched)
-        .map(|(addr, ((entity, workload, direction), indicator))| ((entity, workload, direction, addr), indicator))
+    // The live edges that make a hit, by edge: few, and changing only when an edge appears or goes
+    // or a match changes; each hit's volume is its edges' windowed volume, read off the shared
+    // arrangement of the edges (so a flow on a known edge costs a look-up, not a copy).
+    let hits = ends
+        .join(matched)
+        .map(|(addr, ((edge, (entity, workload, direction)), indicator))| {
+            (edge, ((entity, workload, direction, addr), indicator))
+        })
+        .arrange_by_key();
+    inputs
+        .by_edge
+        .clone()
+        .join_core(hits, |_edge, (), (hit, indicator)| Some((hit.clone(), indicator.clone())))
         .count_total()
         .map(|((hit, (indicator, matches)), volume)| finding(hit, &indicator, matches, &volume))
 }

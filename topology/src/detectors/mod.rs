@@ -79,6 +79,9 @@ pub struct DetectorInputs<'s> {
     /// The entity edges present in the window, each once ([`crate::graph::live_edges`]): for
     /// detectors that need only who talks to whom, so that traffic on a known edge costs them nothing.
     pub live: VecCollection<'s, Epoch, Edge>,
+    /// `edges` arranged by edge ([`crate::graph::arrange_edges`]): join against it for an edge's
+    /// windowed volume instead of arranging `edges` again.
+    pub by_edge: crate::graph::EdgeArrangement<'s>,
     /// `(workload edge, first epoch in the window)` for every workload edge in the window: the
     /// service graph's workload-level first-seen (see [`crate::graph::first_contacts`]).
     pub first_contacts: VecCollection<'s, Epoch, (WorkloadEdge, Epoch)>,
