@@ -30,8 +30,8 @@
 //! time (timely's scheduling log), to say where a tick's cost goes, and the N arrangements that
 //! hold the most updates at the end of the load (differential's batch / merge / drop log), with
 //! how many arrangements the dataflow has: to say where its memory goes. With
-//! `PEERGRAPH_BENCH_PROFILE_CHURN=1` as well, the operator times cover the churn phase only (the
-//! settling window and the quiet ticks): where a quiet tick's cost goes.
+//! `PEERGRAPH_BENCH_PROFILE_CHURN=1` as well, the operator times cover the timed quiet ticks only:
+//! where a quiet tick's cost goes.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -402,10 +402,6 @@ fn main() {
         let rss_loaded = rss_bytes();
         if let Some(times) = operator_times.as_ref() {
             times.borrow().print_arrangements(profile_top);
-            if std::env::var_os("PEERGRAPH_BENCH_PROFILE_CHURN").is_some() {
-                // Time only the churn phase (the settling window and the quiet ticks).
-                times.borrow_mut().spent.clear();
-            }
         }
         // What the history holds, and one read of the whole entity-level graph half a retention ago.
         let held = history.as_mut().map(|history| {
@@ -435,6 +431,17 @@ fn main() {
             contacts.advance_to(tick * TICK + TICK);
             contacts.flush();
             worker.step_while(|| probe.less_than(contacts.time()));
+        }
+        if let Some(times) =
+            operator_times.as_ref().filter(|_| std::env::var_os("PEERGRAPH_BENCH_PROFILE_CHURN").is_some())
+        {
+            // Time only the quiet ticks: deliver the events logged so far first.
+            if let Some(logger) =
+                worker.log_register().and_then(|r| r.get::<timely::logging::TimelyEventBuilder>("timely"))
+            {
+                logger.flush();
+            }
+            times.borrow_mut().spent.clear();
         }
         let mut quiet = Vec::new();
         for tick in ticks + WINDOW_TICKS + 1..=ticks + WINDOW_TICKS + quiet_ticks {

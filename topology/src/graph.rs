@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use timely::container::CapacityContainerBuilder;
 use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::generic::Operator;
+use timely::dataflow::operators::vec::Map;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::Stream;
 
@@ -101,6 +102,24 @@ pub type GraphKey = (EdgeLevel, Name, Name, u16, u8);
 pub fn service_graph<'s>(
     contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
 ) -> VecCollection<'s, Epoch, (GraphKey, EdgeState)> {
+    graph_state(graph_window(contacts))
+}
+
+/// One key's change of state at a closed epoch: its state before and after (`None`: not in the
+/// graph), made by [`graph_window`] on the worker that owns the key.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GraphChange {
+    pub key: GraphKey,
+    pub before: Option<EdgeState>,
+    pub after: Option<EdgeState>,
+    pub at: Epoch,
+}
+
+/// The windowed service graph's changes, key by key, as [`service_graph`] describes: what both
+/// the graph (a collection, [`graph_state`]) and its changelog ([`graph_changes`]) are read off.
+pub fn graph_window<'s>(
+    contacts: VecCollection<'s, Epoch, (Edge, Epoch), Volume>,
+) -> Stream<'s, Epoch, Vec<GraphChange>> {
     let keyed = contacts.flat_map(|(edge, epoch)| {
         let workload = WorkloadEdge::from(&edge);
         [
@@ -110,61 +129,60 @@ pub fn service_graph<'s>(
     });
     type Contact = ((GraphKey, Epoch), Epoch, Volume);
     let route = Exchange::new(|update: &Contact| update.0 .0.hashed());
-    let changes =
-        keyed.inner.unary_frontier::<CapacityContainerBuilder<Vec<((GraphKey, EdgeState), Epoch, isize)>>, _, _, _>(
-            route,
-            "GraphWindow",
-            |_, _| {
-                let mut windows: HashMap<GraphKey, KeyWindow> = HashMap::new();
-                let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<((GraphKey, Epoch), Volume)>)> =
-                    BTreeMap::new();
-                move |(input, frontier), output| {
-                    input.for_each(|cap, updates| {
-                        for (contact, time, volume) in updates.drain(..) {
-                            pending
-                                .entry(time)
-                                .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
-                                .1
-                                .push((contact, volume));
-                        }
-                    });
-                    // Closed times in order: each key's updates of the time at once, then its change.
-                    while let Some(entry) = pending.first_entry() {
-                        let time = *entry.key();
-                        if frontier.less_equal(&time) {
-                            break;
-                        }
-                        let (cap, mut updates) = entry.remove();
-                        differential_dataflow::consolidation::consolidate(&mut updates);
-                        let mut session = output.session(&cap);
-                        let mut rest = &updates[..];
-                        while let Some(((key, _), _)) = rest.first() {
-                            let same = rest.iter().take_while(|((k, _), _)| k == key).count();
-                            let (own, others) = rest.split_at(same);
-                            rest = others;
-                            let window = windows.entry(key.clone()).or_default();
-                            let before = window.state();
-                            for ((_, epoch), volume) in own {
-                                window.add(*epoch, volume);
-                            }
-                            let after = window.state();
-                            if window.is_empty() {
-                                windows.remove(key);
-                            }
-                            if before != after {
-                                if let Some(state) = before {
-                                    session.give(((key.clone(), state), time, -1));
-                                }
-                                if let Some(state) = after {
-                                    session.give(((key.clone(), state), time, 1));
-                                }
-                            }
-                        }
+    keyed.inner.unary_frontier::<CapacityContainerBuilder<Vec<GraphChange>>, _, _, _>(route, "GraphWindow", |_, _| {
+        let mut windows: HashMap<GraphKey, KeyWindow> = HashMap::new();
+        let mut pending: BTreeMap<Epoch, (Capability<Epoch>, Vec<((GraphKey, Epoch), Volume)>)> = BTreeMap::new();
+        move |(input, frontier), output| {
+            input.for_each(|cap, updates| {
+                for (contact, time, volume) in updates.drain(..) {
+                    pending
+                        .entry(time)
+                        .or_insert_with(|| (cap.delayed(&time, 0), Vec::new()))
+                        .1
+                        .push((contact, volume));
+                }
+            });
+            // Closed times in order: each key's updates of the time at once, then its change.
+            while let Some(entry) = pending.first_entry() {
+                let time = *entry.key();
+                if frontier.less_equal(&time) {
+                    break;
+                }
+                let (cap, mut updates) = entry.remove();
+                differential_dataflow::consolidation::consolidate(&mut updates);
+                let mut session = output.session(&cap);
+                let mut rest = &updates[..];
+                while let Some(((key, _), _)) = rest.first() {
+                    let same = rest.iter().take_while(|((k, _), _)| k == key).count();
+                    let (own, others) = rest.split_at(same);
+                    rest = others;
+                    let window = windows.entry(key.clone()).or_default();
+                    let before = window.state();
+                    for ((_, epoch), volume) in own {
+                        window.add(*epoch, volume);
+                    }
+                    let after = window.state();
+                    if window.is_empty() {
+                        windows.remove(key);
+                    }
+                    if before != after {
+                        session.give(GraphChange { key: key.clone(), before, after, at: time });
                     }
                 }
-            },
-        );
-    VecCollection::new(changes)
+            }
+        }
+    })
+}
+
+/// The graph as a collection of `(edge, state)`: each change retracts the state before and adds
+/// the state after.
+pub fn graph_state<'s>(
+    changes: Stream<'s, Epoch, Vec<GraphChange>>,
+) -> VecCollection<'s, Epoch, (GraphKey, EdgeState)> {
+    VecCollection::new(changes.flat_map(|GraphChange { key, before, after, at }| {
+        let retracted = before.map(|state| ((key.clone(), state), at, -1));
+        retracted.into_iter().chain(after.map(|state| ((key, state), at, 1)))
+    }))
 }
 
 /// One graph key's contacts in the window: the sum of their volumes and, for each epoch whose
@@ -215,47 +233,15 @@ pub fn first_contacts<'s>(
     })
 }
 
-/// One epoch's graph updates, not yet closed, with the capability to emit its changes.
-type PendingChanges = (Capability<Epoch>, Vec<((GraphKey, EdgeState), isize)>);
-
 /// The graph's changes as records for the service-graph topic: at each closed epoch, the new
 /// state of every edge that changed, or a tombstone (`present: false`) for an edge that left.
 pub fn graph_changes<'s>(
-    graph: VecCollection<'s, Epoch, (GraphKey, EdgeState)>,
+    changes: Stream<'s, Epoch, Vec<GraphChange>>,
     window_ms: u64,
 ) -> Stream<'s, Epoch, Vec<GraphEdge>> {
-    let route = Exchange::new(|update: &((GraphKey, EdgeState), Epoch, isize)| update.0 .0.hashed());
-    graph.inner.unary_frontier::<CapacityContainerBuilder<Vec<GraphEdge>>, _, _, _>(route, "GraphChanges", |_, _| {
-        let mut pending: BTreeMap<Epoch, PendingChanges> = BTreeMap::new();
-        move |(input, frontier), output| {
-            input.for_each(|cap, updates| {
-                for (record, time, diff) in updates.drain(..) {
-                    pending.entry(time).or_insert_with(|| (cap.delayed(&time, 0), Vec::new())).1.push((record, diff));
-                }
-            });
-            while let Some(entry) = pending.first_entry() {
-                let time = *entry.key();
-                if frontier.less_equal(&time) {
-                    break;
-                }
-                let (cap, mut updates) = entry.remove();
-                differential_dataflow::consolidation::consolidate(&mut updates);
-                // Per key: the state that arrived, else a tombstone for the state that left.
-                let mut changes: BTreeMap<GraphKey, Option<EdgeState>> = BTreeMap::new();
-                for ((key, state), diff) in updates {
-                    if diff > 0 {
-                        changes.insert(key, Some(state));
-                    } else {
-                        changes.entry(key).or_insert(None);
-                    }
-                }
-                let records = changes.into_iter().map(|(key, state)| {
-                    let state = state.unwrap_or(EdgeState { volume: Volume::default(), first_seen: 0, last_seen: 0 });
-                    graph_edge(key, state, window_ms, time)
-                });
-                output.session(&cap).give_iterator(records);
-            }
-        }
+    changes.map(move |GraphChange { key, after, at, .. }| {
+        let state = after.unwrap_or(EdgeState { volume: Volume::default(), first_seen: 0, last_seen: 0 });
+        graph_edge(key, state, window_ms, at)
     })
 }
 

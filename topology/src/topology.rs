@@ -9,7 +9,9 @@ use timely::dataflow::Stream;
 use crate::assets::{asset_matches, resolve_assets, resolve_history, weigh_by_criticality, AssetRecord};
 use crate::detectors::{findings, DetectorInputs, DetectorsConfig, Finding, Indicator};
 use crate::entity::ResolverConfig;
-use crate::graph::{arrange_edges, first_contacts, graph_changes, live_edges, service_graph, Edge, WorkloadEdge};
+use crate::graph::{
+    arrange_edges, first_contacts, graph_changes, graph_state, graph_window, live_edges, Edge, WorkloadEdge,
+};
 use crate::graph_history::{arrange_graph, GraphArrangement};
 use crate::lifecycle::{alert_lifecycle, observation_start, LifecycleConfig, Timings};
 use crate::peers::{membership, PeerGroupsConfig};
@@ -75,7 +77,8 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     let edges = contacts.clone().map(|(edge, _epoch)| edge);
     let by_edge = arrange_edges(edges.clone());
     let live = live_edges(by_edge.clone());
-    let service = service_graph(contacts.clone());
+    let window = graph_window(contacts.clone());
+    let service = graph_state(window.clone());
     let (volumes, volume_records) =
         volume_history(contacts.clone(), inputs.volumes, &config.time, config.complete_from);
     let detector_inputs = DetectorInputs {
@@ -92,9 +95,9 @@ pub fn build<'s>(config: &TopologyConfig, inputs: Inputs<'s>) -> Outputs<'s> {
     };
     let findings = weigh_by_criticality(findings(&config.detectors, &detector_inputs), matches);
     let observed = observation_start(edges.clone());
-    // The changelog reads the graph's changes as they are made (each key's, consolidated per
-    // epoch, on the worker that owns it), not back out of the arrangement.
-    let changes = graph_changes(service.clone(), config.time.window_ms());
+    // The changelog reads the graph's changes as they are made (each key's, per closed epoch, on
+    // the worker that owns it), not back out of the arrangement.
+    let changes = graph_changes(window, config.time.window_ms());
     let graph = arrange_graph(service);
     Outputs {
         graph_changes: changes,
