@@ -83,7 +83,11 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
         .map(|(src, dst, _, _)| (src, dst))
         .count_total()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_ports, min_percent));
-    let vertical_sample = smallest(present.clone().map(|(src, dst, port, proto)| ((src, dst), (port, proto))), sample);
+    // Samples only for the scans found: the targets of every other pair would cost two reduces per
+    // pair for nothing.
+    let scanned = vertical.clone().map(|(pair, _)| pair);
+    let vertical_sample =
+        smallest(present.clone().map(|(src, dst, port, proto)| ((src, dst), (port, proto))).semijoin(scanned), sample);
     let vertical = vertical.join(vertical_sample).map(move |((src, dst), ((total, unanswered), ports))| {
         let ports = ports.iter().map(|(port, proto)| service(*port, *proto)).collect();
         finding(Kind::Vertical, src, dst.to_string(), total, unanswered, ports, min_ports, min_percent)
@@ -95,7 +99,9 @@ pub fn detect<'s>(config: &ScanConfig, inputs: &DetectorInputs<'s>) -> VecCollec
         .count_total()
         .filter(move |(_, (total, unanswered))| qualifies(*total, *unanswered, min_hosts, min_percent));
     // The sample a person reads: the destinations first in name order.
-    let horizontal_sample = smallest(present.map(|(src, dst, port, proto)| ((src, port, proto), ByText(dst))), sample);
+    let swept = horizontal.clone().map(|(service, _)| service);
+    let horizontal_sample =
+        smallest(present.map(|(src, dst, port, proto)| ((src, port, proto), ByText(dst))).semijoin(swept), sample);
     let horizontal =
         horizontal.join(horizontal_sample).map(move |((src, port, proto), ((total, unanswered), hosts))| {
             let hosts = hosts.into_iter().map(|ByText(host)| host.to_string()).collect();
