@@ -128,9 +128,11 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     config.run.workers = args.workers;
     config.run.stop_at_end = true;
     let metrics = Metrics::new();
+    let memory_before = Memory::reset_peak();
     let started = Instant::now();
     let report = crate::run::run(&config, Arc::new(AtomicBool::new(false)), metrics.clone())?;
     let seconds = started.elapsed().as_secs_f64();
+    let memory_peak = Memory::peak();
     let pipeline = Measure { what: "peergraph run", messages: report.messages, seconds };
 
     println!("topic {topic}: {} messages; pipeline workers: {}", raw.messages, args.workers);
@@ -164,6 +166,18 @@ pub fn bench(mut config: Config, args: BenchArgs) -> anyhow::Result<()> {
     let tick_ms = config.time.tick_ms();
     let epochs = EventTime::of(&report, tick_ms);
     print_event_time(&epochs, &report, config.time.window_ms(), plan.as_ref(), seconds);
+    if let (Some(before), Some(peak)) = (memory_before, memory_peak) {
+        let grown = peak.saturating_sub(before);
+        let per_edge = plan.as_ref().filter(|plan| plan.live_edges > 0).map_or(String::new(), |plan| {
+            format!(": {:.1} KB per live entity edge", grown as f64 / plan.live_edges as f64 / 1e3)
+        });
+        println!(
+            "memory: RSS {:.0} MB before the run, peak {:.0} MB during it (+{:.0} MB){per_edge}",
+            before as f64 / 1e6,
+            peak as f64 / 1e6,
+            grown as f64 / 1e6
+        );
+    }
     println!(
         "flows: produced {}, raw consume {}, decoded {}, pipeline read {} = accepted {} + refused {} \
          (late {}, ancient_timestamp {}, future_timestamp {}; dead-lettered {})",
@@ -333,6 +347,32 @@ fn print_event_time(epochs: &EventTime, report: &RunReport, window_ms: u64, plan
             plan.span_ms as f64 / 1e3,
             plan.live_edges
         );
+    }
+}
+
+/// The process's resident memory, from `/proc/self/status` (Linux; `None` elsewhere).
+struct Memory;
+
+impl Memory {
+    /// The resident set now, after resetting the kernel's peak (`VmHWM`) to it, so that
+    /// [`Memory::peak`] measures only what follows.
+    fn reset_peak() -> Option<u64> {
+        // "5" resets the peak resident set size (Linux 4.0 and later); without it the peak may
+        // be the simulator's.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+        Self::field("VmRSS:")
+    }
+
+    /// The peak resident set since the last [`Memory::reset_peak`].
+    fn peak() -> Option<u64> {
+        Self::field("VmHWM:")
+    }
+
+    fn field(name: &str) -> Option<u64> {
+        let status = std::fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find(|line| line.starts_with(name))?;
+        let kb: u64 = line[name.len()..].trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
     }
 }
 
