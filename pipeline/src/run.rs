@@ -475,6 +475,14 @@ fn run_worker(
             )?);
         }
     }
+    // The inventory and the intel already published apply from the first flow on.
+    let within = config.kafka.connect_timeout;
+    if let Some(reader) = asset_reader.as_mut() {
+        reader.catch_up(within, |asset, diff| feeds.assets.update(asset, diff));
+    }
+    if let Some(reader) = indicator_reader.as_mut() {
+        reader.catch_up(within, |indicator, diff| feeds.indicators.update(indicator, diff));
+    }
     let mut batch = EdgeBatch::new();
     let mut report = RunReport { resumed_at: resume.resume_at, ..RunReport::default() };
     let mut announced_finish = false;

@@ -23,6 +23,7 @@ pub type Convert<T, D> = fn(&T) -> Result<D, String>;
 pub struct ReferenceReader<T: Record, D> {
     consumer: BaseConsumer,
     topic: String,
+    partitions: i32,
     decoder: Decoder<T>,
     convert: Convert<T, D>,
     current: HashMap<Vec<u8>, D>,
@@ -59,6 +60,7 @@ impl<T: Record, D: Clone + PartialEq> ReferenceReader<T, D> {
         Ok(ReferenceReader {
             consumer,
             topic: topic.to_owned(),
+            partitions,
             decoder: Decoder::default(),
             convert,
             current: HashMap::new(),
@@ -68,10 +70,56 @@ impl<T: Record, D: Clone + PartialEq> ReferenceReader<T, D> {
         })
     }
 
-    /// Reads what is there and hands each change to `change` as (record, +1 / −1).
-    pub fn poll(&mut self, mut change: impl FnMut(D, isize)) -> usize {
+    /// Reads the topic up to the end it has now (each partition's high watermark, asked once), so
+    /// that the inventory or the intel already published applies to the first flows read, as a
+    /// reference table is loaded before a stream joins against it. Gives up after `within` (a
+    /// broker away: the reader goes on in the background, as [`ReferenceReader::poll`] does), and
+    /// says so once.
+    pub fn catch_up(&mut self, within: Duration, mut change: impl FnMut(D, isize)) -> usize {
+        let started = std::time::Instant::now();
+        let mut ends = Vec::new();
+        for partition in 0..self.partitions {
+            match self.consumer.fetch_watermarks(&self.topic, partition, within) {
+                Ok((low, high)) if high > low => ends.push((partition, high)),
+                Ok(_) => {}
+                Err(error) => {
+                    tracing::warn!(%error, topic = %self.topic, partition, "could not read the end of a reference topic; reading it as it comes");
+                    return 0;
+                }
+            }
+        }
         let mut read = 0;
-        while let Some(result) = self.consumer.poll(Duration::ZERO) {
+        loop {
+            let behind = ends.iter().any(|(partition, high)| {
+                self.consumer
+                    .position()
+                    .ok()
+                    .and_then(|positions| {
+                        positions.find_partition(&self.topic, *partition).and_then(|p| p.offset().to_raw())
+                    })
+                    .is_none_or(|at| at < *high)
+            });
+            if !behind {
+                return read;
+            }
+            if started.elapsed() >= within {
+                tracing::warn!(topic = %self.topic, read, "a reference topic was not read to its end in time; reading the rest as it comes");
+                return read;
+            }
+            read += self.poll_for(Duration::from_millis(50), &mut change);
+        }
+    }
+
+    /// Reads what is there and hands each change to `change` as (record, +1 / −1).
+    pub fn poll(&mut self, change: impl FnMut(D, isize)) -> usize {
+        self.poll_for(Duration::ZERO, change)
+    }
+
+    /// As [`ReferenceReader::poll`], waiting up to `wait` for the first record.
+    fn poll_for(&mut self, wait: Duration, mut change: impl FnMut(D, isize)) -> usize {
+        let mut read = 0;
+        let mut wait = wait;
+        while let Some(result) = self.consumer.poll(std::mem::take(&mut wait)) {
             let message = match result {
                 Ok(message) => message,
                 Err(error) => {
