@@ -90,13 +90,12 @@ impl<T: Record, D: Clone + PartialEq> ReferenceReader<T, D> {
         }
         let mut read = 0;
         loop {
+            let positions = self.consumer.position().ok();
             let behind = ends.iter().any(|(partition, high)| {
-                self.consumer
-                    .position()
-                    .ok()
-                    .and_then(|positions| {
-                        positions.find_partition(&self.topic, *partition).and_then(|p| p.offset().to_raw())
-                    })
+                positions
+                    .as_ref()
+                    .and_then(|positions| positions.find_partition(&self.topic, *partition))
+                    .and_then(|p| p.offset().to_raw())
                     .is_none_or(|at| at < *high)
             });
             if !behind {
