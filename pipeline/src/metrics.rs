@@ -83,6 +83,11 @@ pub struct Metrics {
     pub graph_changes: Counter,
     /// Offset commits made after the output frontier passed the records' epochs.
     pub offset_commits: Counter,
+    /// Times a flow partition was paused because its watermark ran `run.max_lag` ahead of the
+    /// output frontier (a backlog read in event-time slices).
+    pub partitions_paused: Counter,
+    /// Flow partitions paused right now, waiting for the output to catch up with them.
+    pub partitions_waiting: Gauge,
     /// The event-time frontier of the dataflow output (ms since the Unix epoch), per process.
     pub output_frontier_ms: Gauge,
     /// Updates the workers of this process hold for a later epoch (window retractions, history
@@ -255,6 +260,16 @@ impl Metrics {
             "offset_commits",
             "Offset commits after the output frontier passed",
             self.offset_commits.clone(),
+        );
+        registry.register(
+            "partitions_paused",
+            "Times a flow partition was paused for running run.max_lag ahead of the output frontier",
+            self.partitions_paused.clone(),
+        );
+        registry.register(
+            "partitions_waiting",
+            "Flow partitions paused until the output frontier catches up with them",
+            self.partitions_waiting.clone(),
         );
         registry.register(
             "output_frontier_ms",

@@ -4,7 +4,7 @@
 //! loads the history from the state topic and replays the window silently (see `kafka::state`).
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, HashSet};
+use std::collections::{BTreeMap, HashSet, VecDeque};
 use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -33,10 +33,15 @@ use crate::config::Config;
 use crate::kafka::outbox::Outbox;
 use crate::kafka::output::{produce, record_encoder, RecordSink, Sinks};
 use crate::kafka::reference::{self, ReferenceReader};
-use crate::kafka::source::{EdgeBatch, FlowSource, Share};
+use crate::kafka::source::{EdgeBatch, FlowSource, ReadLimit, Share};
 use crate::kafka::state::{self, HistoryEntry, HistoryStore, Restored, VolumeEntry};
 use crate::kafka::{self, client_config};
 use crate::metrics::Metrics;
+
+/// How many slices of `run.max_lag` the source may read ahead of the output before it pauses a
+/// partition: the dataflow works on one while Kafka refills the next (a resumed partition
+/// fetches again from its next offset).
+const READ_AHEAD_SLICES: u64 = 3;
 
 /// What one worker did, summed over the cluster by [`run`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,8 +86,10 @@ struct Feeds {
     /// Workload edges this worker already put into the history for a coarse epoch; only the
     /// current and the previous coarse epochs are kept.
     remembered: BTreeMap<Epoch, HashSet<WorkloadEdge>>,
-    /// Sightings put into the history since the state topic was last written.
-    learned: Vec<HistoryEntry>,
+    /// Sightings put into the history and not yet in the state topic, each with the epoch of
+    /// the flow that made it: a sighting is written once the output frontier has passed that
+    /// epoch, with the offsets of its flow, never for a flow whose offset is not committed.
+    learned: VecDeque<(Epoch, HistoryEntry)>,
 }
 
 impl Feeds {
@@ -102,7 +109,7 @@ impl Feeds {
             if self.remembered.entry(coarse).or_default().insert(workload_edge.clone()) {
                 self.history.update_at((workload_edge.clone(), coarse), coarse, 1);
                 self.history.update_at((workload_edge.clone(), coarse), coarse + time.history_ttl_ms(), -1);
-                self.learned.push(HistoryEntry { edge: workload_edge, coarse });
+                self.learned.push_back((epoch, HistoryEntry { edge: workload_edge, coarse }));
             }
             self.contacts.update_at((edge.clone(), epoch), epoch + window, volume.negated());
             self.contacts.update_at((edge, epoch), epoch, volume);
@@ -138,6 +145,19 @@ impl Feeds {
             self.volumes.update_at(tick.clone(), settles_at(time, entry.coarse), entry.bytes as isize);
             self.volumes.update_at(tick, expires_at(time, entry.coarse), -(entry.bytes as isize));
         }
+    }
+
+    /// Where the dataflow's next slice of event time starts (`run.max_lag`): at the output
+    /// frontier while the dataflow works on its input; once it has caught up, at the first held
+    /// update when that is later (the time between holds no update, so it costs nothing to
+    /// pass); `None` once the output is complete.
+    fn slice_start(&self, output: Option<Epoch>) -> Option<Epoch> {
+        let output = output?;
+        if output < self.time() {
+            return Some(output);
+        }
+        let next_due = [self.contacts.next_due(), self.history.next_due(), self.volumes.next_due()];
+        Some(next_due.into_iter().flatten().min().map_or(output, |due| due.max(output)))
     }
 
     /// Updates held for later epochs.
@@ -236,6 +256,30 @@ pub fn run(config: &Config, shutdown: Arc<AtomicBool>, metrics: Arc<Metrics>) ->
         "pipeline stopped"
     );
     Ok(total)
+}
+
+/// Hands the sightings of the flows the output frontier has passed (every one once the output is
+/// complete) to the state store; they are learnt in epoch order per poll batch, not across, so
+/// the whole queue is looked at.
+fn persist_learned(
+    store: &mut HistoryStore,
+    learned: &mut VecDeque<(Epoch, HistoryEntry)>,
+    frontier: Option<Epoch>,
+) -> Result<(), crate::kafka::KafkaError> {
+    let passed = |epoch: Epoch| frontier.is_none_or(|f| epoch < f);
+    if !learned.iter().any(|(epoch, _)| passed(*epoch)) {
+        return Ok(());
+    }
+    let mut waiting = VecDeque::with_capacity(learned.len());
+    for (epoch, entry) in learned.drain(..) {
+        if passed(epoch) {
+            store.remember(&entry)?;
+        } else {
+            waiting.push_back((epoch, entry));
+        }
+    }
+    *learned = waiting;
+    Ok(())
 }
 
 /// Hands the volume ticks the dataflow derived since the last call to the state store.
@@ -432,7 +476,7 @@ fn run_worker(
             history: ScheduledInput::new(history_in),
             volumes: ScheduledInput::new(volumes_in),
             remembered: BTreeMap::new(),
-            learned: Vec::new(),
+            learned: VecDeque::new(),
         };
         (feeds, announce_in, probe, graph_trace)
     });
@@ -487,6 +531,9 @@ fn run_worker(
     let mut report = RunReport { resumed_at: resume.resume_at, ..RunReport::default() };
     let mut announced_finish = false;
     let mut last_frontier = None;
+    let max_lag = config.run.max_lag.as_millis() as u64;
+    // Whether the input was last advanced less far than the watermark allowed (`run.max_lag`).
+    let mut held_back = false;
     // This worker's share of the process's `scheduled_updates` gauge.
     let mut scheduled = 0i64;
     loop {
@@ -499,11 +546,16 @@ fn run_worker(
         }
 
         let floor = feeds.time();
-        // With `run.max_lag`: while the output is too far behind, let the dataflow catch up
-        // before reading more (the inputs have advanced, so it can without new records).
-        let max_lag = config.run.max_lag.as_millis() as u64;
-        let lagging = max_lag > 0 && probe.less_than(&floor.saturating_sub(max_lag));
-        let mut read = if lagging { 0 } else { source.poll(&mut batch, floor)? };
+        // With `run.max_lag`, a backlog is handed to the dataflow one event-time slice at a time:
+        // its input runs at most `max_lag` ahead of its output, and the source reads at most
+        // `READ_AHEAD_SLICES` slices ahead (a partition further ahead is paused), so the output
+        // frontier and the commits behind it advance while a backlog is read, and what is held
+        // in memory is a few slices, not the backlog.
+        let slice_start = feeds.slice_start(probe.with_frontier(|f| f.first().copied()));
+        let slice_end = slice_start.filter(|_| max_lag > 0).map_or(Epoch::MAX, |s| s.saturating_add(max_lag));
+        let caught_up = !held_back && !probe.less_than(&floor);
+        let limit = ReadLimit::of(slice_start, max_lag.saturating_mul(READ_AHEAD_SLICES), caught_up);
+        let mut read = source.poll(&mut batch, floor, limit)?;
         if let Some(reader) = asset_reader.as_mut() {
             read += reader.poll(|asset, diff| feeds.assets.update(asset, diff));
         }
@@ -514,19 +566,17 @@ fn run_worker(
         let updates = feeds.window(&mut batch, &config.time);
         report.edge_updates += updates;
         metrics.edge_updates.inc_by(updates);
-        if let Some(store) = history_store.as_mut() {
-            for entry in feeds.learned.drain(..) {
-                store.remember(&entry)?;
-            }
-        } else {
+        if history_store.is_none() {
             feeds.learned.clear();
         }
 
         let watermark = source.watermark(Instant::now(), announced.get());
-        if watermark > floor {
-            feeds.advance_to(watermark);
-            announce_in.send(Announcement { worker: index, watermark, finished_at: None });
-            announce_in.advance_to(watermark);
+        let until = watermark.min(slice_end);
+        held_back = until < watermark;
+        if until > floor {
+            feeds.advance_to(until);
+            announce_in.send(Announcement { worker: index, watermark: until, finished_at: None });
+            announce_in.advance_to(until);
         }
         feeds.flush();
         let now_scheduled = feeds.scheduled() as i64;
@@ -564,6 +614,7 @@ fn run_worker(
             }
             // The state records of the committed flows are durable with (or before) their offsets.
             if let Some(store) = history_store.as_mut() {
+                persist_learned(store, &mut feeds.learned, frontier)?;
                 persist_volumes(store, &derived_volumes, &config.time)?;
             }
             source.commit_passed(frontier, CommitMode::Async)?;
@@ -577,10 +628,12 @@ fn run_worker(
             // Everyone has read everything: close the epochs up to the last record anywhere,
             // then stop without processing the window's retractions beyond it.
             let end = finished.borrow().values().copied().max().unwrap_or(0);
-            if feeds.time() < end {
-                feeds.advance_to(end);
+            let slice_start = feeds.slice_start(probe.with_frontier(|f| f.first().copied()));
+            let until = slice_start.filter(|_| max_lag > 0).map_or(end, |s| end.min(s.saturating_add(max_lag)));
+            if feeds.time() < until {
+                feeds.advance_to(until);
                 feeds.flush();
-                announce_in.advance_to(end);
+                announce_in.advance_to(until);
             }
             if !probe.less_than(&end) {
                 break;
@@ -603,6 +656,7 @@ fn run_worker(
     }
     let frontier = probe.with_frontier(|f| f.first().copied());
     if let Some(store) = history_store.as_mut() {
+        persist_learned(store, &mut feeds.learned, frontier)?;
         persist_volumes(store, &derived_volumes, &config.time)?;
     }
     source.commit_passed(frontier, CommitMode::Sync)?;

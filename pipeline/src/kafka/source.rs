@@ -15,7 +15,8 @@ use peergraph_schemas::adapters::Adapter;
 use peergraph_schemas::Flow;
 use peergraph_topology::{Edge, Endpoint, EntityResolver, Epoch, Name, TimeConfig, Volume};
 use rdkafka::config::ClientConfig;
-use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer};
+use rdkafka::consumer::base_consumer::PartitionQueue;
+use rdkafka::consumer::{BaseConsumer, CommitMode, Consumer, DefaultConsumerContext};
 use rdkafka::message::{BorrowedMessage, Header, Message, OwnedHeaders};
 use rdkafka::producer::BaseRecord;
 use rdkafka::{Offset, TopicPartitionList};
@@ -54,6 +55,11 @@ struct PartitionClock {
     committed: i64,
     /// The poll batches read since the oldest one whose records may still matter on a restart.
     segments: VecDeque<Segment>,
+    /// Its watermark ran `run.max_lag` slices ahead of the output (see [`ReadLimit`]): it is not
+    /// read until the output catches up (its records wait in librdkafka's prefetch queue, which
+    /// stops fetching when full), and holds the frontier back as a partition with records
+    /// waiting does.
+    waits_for_output: bool,
 }
 
 /// The part of one poll batch that came from one partition.
@@ -107,6 +113,25 @@ impl PartitionClock {
     }
 }
 
+/// How far ahead of the dataflow's output the source may read (`run.max_lag`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadLimit {
+    /// A partition whose watermark reaches this epoch is paused until the output frontier moves;
+    /// `None`: no limit.
+    pub until: Option<Epoch>,
+    /// The output has caught up with the worker's input frontier: every paused partition
+    /// resumes (nothing else can move the frontier).
+    pub caught_up: bool,
+}
+
+impl ReadLimit {
+    /// The limit for an output frontier (`None` once the output is complete) and a lag.
+    pub fn of(output: Option<Epoch>, max_lag_ms: u64, caught_up: bool) -> ReadLimit {
+        let until = output.filter(|_| max_lag_ms > 0).map(|f| f.saturating_add(max_lag_ms));
+        ReadLimit { until, caught_up }
+    }
+}
+
 /// Offsets read in one poll batch, committable once the output frontier passes `epoch`.
 struct PendingCommit {
     /// Greatest epoch a record of the batch was assigned to; `None` if every record was refused.
@@ -115,7 +140,11 @@ struct PendingCommit {
 }
 
 pub struct FlowSource {
-    consumer: BaseConsumer,
+    /// Its partitions' queues come first: each holds a handle on the consumer.
+    queues: BTreeMap<i32, PartitionQueue<DefaultConsumerContext>>,
+    consumer: Arc<BaseConsumer>,
+    /// Partitions now waiting for the output (`partitions_waiting` counts them).
+    waiting: i64,
     /// The worker's producer: dead letters go through it, and it commits the offsets.
     outbox: Rc<Outbox>,
     /// The flows topic's name for librdkafka's C API (made once, not per poll).
@@ -131,6 +160,12 @@ pub struct FlowSource {
     last_checkpoint: Option<(Epoch, Instant)>,
     /// Consumer errors (a broker away) are logged once per interval, not once per poll.
     consumer_errors: super::LogEvery,
+}
+
+impl Drop for FlowSource {
+    fn drop(&mut self) {
+        self.intake.metrics.partitions_waiting.dec_by(self.waiting);
+    }
 }
 
 /// Everything but the consumer: what turns one message into an edge update.
@@ -369,6 +404,7 @@ impl FlowSource {
                     position: next_offset,
                     committed,
                     segments: VecDeque::new(),
+                    waits_for_output: false,
                 },
             );
             tracing::info!(
@@ -383,6 +419,17 @@ impl FlowSource {
         consumer
             .assign(&assignment)
             .map_err(|source| KafkaError::Client { context: "assigning flow partitions".into(), source })?;
+        // Each partition is read from its own queue, so one that runs ahead of the output can
+        // wait (not read, its prefetch full) while the others are read.
+        let consumer = Arc::new(consumer);
+        let mut queues = BTreeMap::new();
+        for &p in &partitions {
+            let queue = consumer.split_partition_queue(&topic, p).ok_or_else(|| KafkaError::Client {
+                context: format!("splitting the queue of partition {p}"),
+                source: rdkafka::error::KafkaError::ClientCreation("no such partition queue".into()),
+            })?;
+            queues.insert(p, queue);
+        }
         if resume.resume_at > 0 {
             metrics.resume_epoch_ms.set(resume.resume_at as i64);
             tracing::info!(
@@ -443,7 +490,9 @@ impl FlowSource {
             source: rdkafka::error::KafkaError::ClientCreation("invalid topic name".into()),
         })?;
         Ok(FlowSource {
+            queues,
             consumer,
+            waiting: 0,
             outbox,
             topic_c,
             intake,
@@ -463,49 +512,88 @@ impl FlowSource {
 
     /// Reads up to one batch of messages into `batch`. `floor` is the worker's current input time:
     /// a record assigned to an earlier epoch can no longer be accepted and counts as late.
+    /// `limit` is how far ahead of the output the partitions may be read (see [`ReadLimit`]).
     /// Returns the number of messages read.
-    pub fn poll(&mut self, batch: &mut EdgeBatch, floor: Epoch) -> Result<usize, KafkaError> {
+    pub fn poll(&mut self, batch: &mut EdgeBatch, floor: Epoch, limit: ReadLimit) -> Result<usize, KafkaError> {
         let now = Instant::now();
         self.intake.wall_ms = crate::simulate::now_ms();
+        // The main queue carries the consumer's errors and events (every partition's messages
+        // come through its own queue).
+        while let Some(event) = self.consumer.poll(Duration::ZERO) {
+            if let Err(error) = event {
+                if let Some(repeated) = self.consumer_errors.occurred(now) {
+                    tracing::warn!(%error, topic = %self.intake.topic, repeated, "error from the flow consumer");
+                }
+                break;
+            }
+        }
         let mut read = 0;
         let mut max_epoch: Option<Epoch> = None;
         let mut offsets: BTreeMap<i32, i64> = BTreeMap::new();
-        let mut segments: BTreeMap<i32, Segment> = BTreeMap::new();
-        while read < self.intake.max_batch {
-            let message = match self.consumer.poll(Duration::ZERO) {
-                None => break,
-                Some(Ok(message)) => message,
-                Some(Err(error)) => {
-                    if let Some(repeated) = self.consumer_errors.occurred(now) {
-                        tracing::warn!(%error, topic = %self.intake.topic, repeated, "error from the flow consumer");
+        let lateness = self.intake.time.lateness_ms();
+        let waits = |clock: &PartitionClock| {
+            let ahead = |until: Epoch| clock.clock.time().is_some_and(|t| t.saturating_sub(lateness) >= until);
+            !limit.caught_up && limit.until.is_some_and(ahead)
+        };
+        // The partitions the output has caught up with share the batch; the others wait.
+        let reading: Vec<i32> = self.intake.partitions.iter().filter(|(_, c)| !waits(c)).map(|(&p, _)| p).collect();
+        let share = self.intake.max_batch.div_ceil(reading.len().max(1));
+        for partition in reading {
+            let Some(queue) = self.queues.get(&partition) else { continue };
+            let mut segment: Option<Segment> = None;
+            for _ in 0..share {
+                let message = match queue.poll(Duration::ZERO) {
+                    None => break,
+                    Some(Ok(message)) => message,
+                    Some(Err(error)) => {
+                        if let Some(repeated) = self.consumer_errors.occurred(now) {
+                            tracing::warn!(%error, topic = %self.intake.topic, partition, repeated, "error from the flow consumer");
+                        }
+                        break;
                     }
+                };
+                read += 1;
+                let offset = message.offset();
+                offsets.insert(partition, offset + 1);
+                let Some(clock) = self.intake.partitions.get(&partition) else { continue };
+                if offset < clock.committed {
+                    self.intake.metrics.replayed_messages.inc();
+                }
+                let segment = segment.get_or_insert(Segment {
+                    from_offset: offset,
+                    until_offset: offset,
+                    max_before: clock.clock.time(),
+                    max_accepted: None,
+                });
+                segment.until_offset = offset + 1;
+                if let Some(epoch) = self.intake.accept(&message, floor, now, batch)? {
+                    max_epoch = max_epoch.max(Some(epoch));
+                    segment.max_accepted = segment.max_accepted.max(Some(epoch));
+                }
+                if self.intake.partitions.get(&partition).is_some_and(waits) {
                     break;
                 }
-            };
-            read += 1;
-            let (partition, offset) = (message.partition(), message.offset());
-            offsets.insert(partition, offset + 1);
-            let Some(clock) = self.intake.partitions.get(&partition) else { continue };
-            if offset < clock.committed {
-                self.intake.metrics.replayed_messages.inc();
             }
-            let segment = segments.entry(partition).or_insert(Segment {
-                from_offset: offset,
-                until_offset: offset,
-                max_before: clock.clock.time(),
-                max_accepted: None,
-            });
-            segment.until_offset = offset + 1;
-            if let Some(epoch) = self.intake.accept(&message, floor, now, batch)? {
-                max_epoch = max_epoch.max(Some(epoch));
-                segment.max_accepted = segment.max_accepted.max(Some(epoch));
-            }
-        }
-        for (partition, segment) in segments {
-            if let Some(clock) = self.intake.partitions.get_mut(&partition) {
+            if let (Some(segment), Some(clock)) = (segment, self.intake.partitions.get_mut(&partition)) {
                 clock.segments.push_back(segment);
             }
         }
+        // A partition that waits for the output holds the frontier back (it is not idle).
+        let mut waiting = 0;
+        for clock in self.intake.partitions.values_mut() {
+            let now_waits = waits(clock);
+            if now_waits && !clock.waits_for_output {
+                self.intake.metrics.partitions_paused.inc();
+            }
+            if !now_waits && clock.waits_for_output {
+                // Its silence while it waited was ours: the idle timeout starts again.
+                clock.last_message = now;
+            }
+            clock.waits_for_output = now_waits;
+            waiting += now_waits as i64;
+        }
+        self.intake.metrics.partitions_waiting.inc_by(waiting - self.waiting);
+        self.waiting = waiting;
         self.refresh_ends();
         if let Some((directory, feed)) = self.intake.directory.as_mut() {
             feed.flush(directory, &self.intake.metrics);
@@ -546,7 +634,12 @@ impl FlowSource {
             .intake
             .partitions
             .values()
-            .filter(|c| !c.finished() && (c.waiting() || now.duration_since(c.last_message) < self.intake.idle_timeout))
+            .filter(|c| {
+                !c.finished()
+                    && (c.waits_for_output
+                        || c.waiting()
+                        || now.duration_since(c.last_message) < self.intake.idle_timeout)
+            })
             .map(|c| mark(c.clock.time()))
             .min();
         match holding {
