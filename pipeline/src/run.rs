@@ -150,14 +150,15 @@ impl Feeds {
     /// Where the dataflow's next slice of event time starts (`run.max_lag`): at the output
     /// frontier while the dataflow works on its input; once it has caught up, at the first held
     /// update when that is later (the time between holds no update, so it costs nothing to
-    /// pass); `None` once the output is complete.
+    /// pass). `None`: no slice applies (the output is complete, or it has caught up and nothing
+    /// is held: the input may follow the watermark).
     fn slice_start(&self, output: Option<Epoch>) -> Option<Epoch> {
         let output = output?;
         if output < self.time() {
             return Some(output);
         }
         let next_due = [self.contacts.next_due(), self.history.next_due(), self.volumes.next_due()];
-        Some(next_due.into_iter().flatten().min().map_or(output, |due| due.max(output)))
+        next_due.into_iter().flatten().min().map(|due| due.max(output))
     }
 
     /// Updates held for later epochs.
