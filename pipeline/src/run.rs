@@ -549,11 +549,10 @@ fn run_worker(
         let floor = feeds.time();
         // With `run.max_lag`, a backlog is handed to the dataflow one event-time slice at a time:
         // its input runs at most `max_lag` ahead of its output, and the source reads at most
-        // `READ_AHEAD_SLICES` slices ahead (a partition further ahead is paused), so the output
+        // `READ_AHEAD_SLICES` slices ahead (a partition further ahead waits), so the output
         // frontier and the commits behind it advance while a backlog is read, and what is held
         // in memory is a few slices, not the backlog.
         let slice_start = feeds.slice_start(probe.with_frontier(|f| f.first().copied()));
-        let slice_end = slice_start.filter(|_| max_lag > 0).map_or(Epoch::MAX, |s| s.saturating_add(max_lag));
         let caught_up = !held_back && !probe.less_than(&floor);
         let limit = ReadLimit::of(slice_start, max_lag.saturating_mul(READ_AHEAD_SLICES), caught_up);
         let mut read = source.poll(&mut batch, floor, limit)?;
@@ -571,6 +570,9 @@ fn run_worker(
             feeds.learned.clear();
         }
 
+        // The slice is decided after the batch is held, so a first batch is sliced too.
+        let slice_start = feeds.slice_start(probe.with_frontier(|f| f.first().copied()));
+        let slice_end = slice_start.filter(|_| max_lag > 0).map_or(Epoch::MAX, |s| s.saturating_add(max_lag));
         let watermark = source.watermark(Instant::now(), announced.get());
         let until = watermark.min(slice_end);
         held_back = until < watermark;
