@@ -252,7 +252,7 @@ impl Default for RunConfig {
             hostfile: None,
             idle_timeout: Duration::from_secs(10),
             stop_at_end: false,
-            max_lag: Duration::from_secs(60),
+            max_lag: Duration::ZERO,
             alert_format: WireFormat::Json,
         }
     }
